@@ -1,0 +1,1 @@
+//! Decoding input records and encoding outputs.
