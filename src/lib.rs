@@ -25,3 +25,9 @@ pub mod generate;
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/rapport.v1.rs"));
 }
+pub mod app;
+pub mod pipeline;
+pub mod sink;
+pub mod source;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# rapport's two entry points on a fresh machine:
+#   ./dev.sh demo   build and run the demo on the embedded default (no broker needed)
+#   ./dev.sh test   run the whole test suite
+# Also: ./dev.sh build | bench | rapport ARGS...  (runs the release binary)
+#
+# Installs what the build needs (libclang for RocksDB's bindings) when it is missing, and keeps
+# Cargo's target directory outside the clone (CARGO_TARGET_DIR, default ~/.cache/rapport/target)
+# so that RocksDB's C++ is compiled once per machine, not once per clone.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/rapport/target}"
+
+need_system_packages() {
+  if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q libclang; then
+    echo "Installing libclang-dev (needed to build RocksDB's bindings)…" >&2
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -qq && apt-get install -y -qq libclang-dev >/dev/null
+    else
+      sudo apt-get update -qq && sudo apt-get install -y -qq libclang-dev >/dev/null
+    fi
+  fi
+  command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs) first." >&2; exit 1; }
+}
+
+# One profile (release) for the binary, the tests and the benchmarks: RocksDB is built once.
+build() { need_system_packages; cargo build --release --locked --bins; }
+
+case "${1:-}" in
+  demo)
+    build
+    shift
+    exec "$CARGO_TARGET_DIR/release/rapport" demo "$@"
+    ;;
+  test)
+    need_system_packages
+    shift
+    cargo build --release --locked --bins
+    cargo test --release --locked "$@"
+    ;;
+  build) build ;;
+  bench)
+    need_system_packages
+    shift
+    cargo bench --locked --bench throughput "$@"
+    ;;
+  rapport)
+    build
+    shift
+    exec "$CARGO_TARGET_DIR/release/rapport" "$@"
+    ;;
+  *)
+    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac

@@ -1,0 +1,509 @@
+//! The commands, wired from the parts: `run`, `demo`, `generate`, `inspect`, `replay`.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use comfy_table::{Cell, CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
+use indicatif::{ProgressBar, ProgressStyle};
+use tracing::info;
+
+use crate::config::Config;
+use crate::domain::alert::Rule;
+use crate::domain::score::{self, Band};
+use crate::domain::state;
+use crate::pb::{AccountState, Counters};
+use crate::pipeline::Pipeline;
+use crate::sink::file::FileSink;
+use crate::source::file::FileSource;
+use crate::source::{InputBatch, Poll, Source};
+use crate::store::keys::{parse_state_key, partition_for, state_key};
+use crate::store::{Cf, RocksStore, Store};
+use crate::telemetry::http::Health;
+use crate::telemetry::{self, BatchCommitted};
+
+/// Asks the loop to stop: set by SIGINT/SIGTERM, or by a test.
+#[derive(Clone, Default)]
+pub struct Shutdown(Arc<AtomicBool>);
+
+impl Shutdown {
+    pub fn new() -> Shutdown {
+        Shutdown::default()
+    }
+    pub fn trigger(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_triggered(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+    /// Triggers on SIGINT or SIGTERM.
+    pub fn on_signals(&self) {
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("rapport-signals".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                rt.block_on(async {
+                    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("SIGTERM handler");
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                });
+                info!("Shutdown requested: finishing the batch in flight and flushing outputs.");
+                me.trigger();
+            })
+            .expect("signal thread");
+    }
+}
+
+pub fn wall_now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// How a run went.
+#[derive(Debug, Default, Clone)]
+pub struct RunSummary {
+    /// This run's record accounting.
+    pub records: u64,
+    pub folded: u64,
+    pub duplicates: u64,
+    pub dead_lettered: u64,
+    pub rejected_by_reason: HashMap<&'static str, u64>,
+    pub scores: u64,
+    pub alerts: HashMap<(&'static str, &'static str), u64>,
+    pub seconds: f64,
+    /// Outputs re-published from an earlier, interrupted run.
+    pub republished: u64,
+    /// The store's cumulative accounting (all runs).
+    pub totals: Counters,
+    pub stopped_by_signal: bool,
+}
+
+impl RunSummary {
+    pub fn events_per_second(&self) -> f64 {
+        if self.seconds > 0.0 { self.records as f64 / self.seconds } else { 0.0 }
+    }
+}
+
+pub struct RunOptions {
+    pub progress: bool,
+    pub shutdown: Shutdown,
+    pub health: Option<Arc<Health>>,
+}
+
+/// Runs the embedded job: NDJSON in, RocksDB state, NDJSON out. A finite input ends the run once
+/// everything is committed and flushed.
+pub fn run_embedded(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
+    let store: Arc<dyn Store> = Arc::new(RocksStore::open(&cfg.store)?);
+    let mut pipeline = Pipeline::open(Arc::clone(&cfg), Arc::clone(&store))?;
+    let mut source = FileSource::open(&cfg.embedded.input, cfg.embedded.follow, cfg.engine.max_record_bytes)?;
+    source.resume(pipeline.positions())?;
+    let mut sink = FileSink::open(&cfg.embedded.output_dir)?;
+    let mut summary = RunSummary { republished: pipeline.drain_outbox(&mut sink)?, ..Default::default() };
+    let sources = source.sources().to_vec();
+
+    let bar = if opts.progress {
+        let b = match source.progress() {
+            Some((done, total)) => {
+                let b = ProgressBar::new(total);
+                b.set_position(done);
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "{spinner} [{bar:40}] {bytes}/{total_bytes} {msg} (eta {eta})",
+                    )
+                    .expect("template")
+                    .progress_chars("=> "),
+                );
+                b
+            }
+            None => ProgressBar::new_spinner(),
+        };
+        Some(b)
+    } else {
+        None
+    };
+
+    let start = Instant::now();
+    let mut batch = InputBatch::default();
+    let mut last_mem = Instant::now() - Duration::from_secs(60);
+    let wait = Duration::from_millis(cfg.pipeline.batch_max_ms);
+    loop {
+        if opts.shutdown.is_triggered() {
+            summary.stopped_by_signal = true;
+            break;
+        }
+        batch.clear();
+        let poll = source.poll(cfg.pipeline.batch_max_records, wait, &mut batch)?;
+        if poll == Poll::End {
+            break;
+        }
+        if let Some(h) = &opts.health {
+            h.ready.store(poll == Poll::Idle, Ordering::Relaxed);
+        }
+        let now = wall_now_ms();
+        let report = pipeline.process(&batch, &sources, Some(now), &mut sink)?;
+        summary.records += report.records;
+        summary.folded += report.folded;
+        summary.duplicates += report.duplicates;
+        summary.dead_lettered += report.dead_lettered;
+        summary.scores += report.scores;
+        for (r, n) in &report.rejected_by_reason {
+            *summary.rejected_by_reason.entry(r.code()).or_default() += n;
+        }
+        for (k, n) in &report.alerts {
+            *summary.alerts.entry(*k).or_default() += n;
+        }
+        BatchCommitted {
+            report: &report,
+            counters: pipeline.counters(),
+            outbox_depth: pipeline.outbox_depth(),
+            timers_scheduled: pipeline.timer_count(),
+            stream_time_ms: pipeline.stream_time(),
+            wall_now_ms: now,
+        }
+        .emit();
+        if last_mem.elapsed() > Duration::from_secs(5) {
+            telemetry::record_store_memory(&store.memory_bytes());
+            last_mem = Instant::now();
+        }
+        if let Some(b) = &bar {
+            if let Some((done, _)) = source.progress() {
+                b.set_position(done);
+            }
+            let secs = start.elapsed().as_secs_f64().max(1e-9);
+            b.set_message(format!("{:.0} events/s", summary.records as f64 / secs));
+        }
+    }
+    pipeline.finish(&mut sink)?;
+    if let Some(h) = &opts.health {
+        h.ready.store(true, Ordering::Relaxed);
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    summary.seconds = start.elapsed().as_secs_f64();
+    summary.totals = pipeline.counters().clone();
+    Ok(summary)
+}
+
+/// One account as `inspect` and the demo's risk table show it.
+pub struct AccountView {
+    pub state: AccountState,
+    pub partition: u16,
+}
+
+/// Reads one account's state.
+pub fn load_account(store: &dyn Store, cfg: &Config, account: &str) -> Result<Option<AccountView>> {
+    let p = partition_for(account, cfg.engine.partitions);
+    match store.get(Cf::State, &state_key(p, account))? {
+        Some(v) => Ok(Some(AccountView { state: state::decode(&v)?, partition: p })),
+        None => Ok(None),
+    }
+}
+
+/// Visits every account state.
+pub fn for_each_account(store: &dyn Store, mut f: impl FnMut(u16, AccountState)) -> Result<()> {
+    let mut err = None;
+    store.scan(Cf::State, &[], &mut |k, v| {
+        match state::decode(v) {
+            Ok(s) => f(parse_state_key(k).map_or(0, |(p, _)| p), s),
+            Err(e) => {
+                err = Some(e);
+                return false;
+            }
+        }
+        true
+    })?;
+    if let Some(e) = err {
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+/// The scoring time of an account: its partition's stream time.
+pub fn as_of(store: &dyn Store, p: u16) -> i64 {
+    use prost::Message;
+    store
+        .get(Cf::Meta, &crate::store::keys::clock_key(p))
+        .ok()
+        .flatten()
+        .and_then(|v| crate::pb::PartitionClock::decode(v.as_slice()).ok())
+        .map_or(0, |c| c.stream_time_ms)
+}
+
+/// The drivers of an account's current score: what costs it points, in points.
+pub fn current_drivers(s: &AccountState, now_ms: i64, cfg: &Config) -> Vec<score::Driver> {
+    let values = score::components(s, now_ms, cfg);
+    score::drivers(s, now_ms, None, &values, cfg)
+}
+
+/// `rapport inspect ACCOUNT`: state, score, components, drivers and open alerts.
+pub fn inspect(cfg: &Config, account: &str, json: bool, out: &mut dyn Write) -> Result<bool> {
+    let store = RocksStore::open(&cfg.store)?;
+    let Some(view) = load_account(&store, cfg, account)? else {
+        writeln!(out, "No state for account \"{account}\" in {}.", cfg.store.data_dir.display())?;
+        return Ok(false);
+    };
+    let s = &view.state;
+    let now = as_of(&store, view.partition).max(s.max_event_ms);
+    let values = score::components(s, now, cfg);
+    let drivers = current_drivers(s, now, cfg);
+    let band = Band::of(s.current_score, &cfg.scorecard.bands);
+    if json {
+        let v = serde_json::json!({
+            "account_id": s.account_id,
+            "partition": view.partition,
+            "as_of": crate::codec::time::format_rfc3339_ms(now),
+            "score": s.current_score,
+            "band": band.as_str(),
+            "last_emitted_score": s.scored.then_some(s.emitted_score),
+            "components": score::COMPONENTS.iter().zip(values).filter_map(|(c, v)| v.map(|v| (c.name().to_owned(), serde_json::json!((v * 10.0).round() / 10.0)))).collect::<serde_json::Map<_, _>>(),
+            "drivers": drivers.iter().map(|d| serde_json::json!({"signal": d.signal, "impact": d.impact, "detail": d.detail})).collect::<Vec<_>>(),
+            "open_alerts": s.open_alerts.iter().map(|a| serde_json::json!({"alert_id": a.alert_id, "rule": a.rule, "severity": a.severity, "opened_at": crate::codec::time::format_rfc3339_ms(a.opened_ms), "message": a.message})).collect::<Vec<_>>(),
+            "arr": s.arr,
+            "net_revenue_retention": score::net_retention(s, now),
+            "gross_revenue_retention": score::gross_retention(s, now),
+            "first_seen": crate::codec::time::format_rfc3339_ms(s.first_seen_ms),
+            "last_event": crate::codec::time::format_rfc3339_ms(s.max_event_ms),
+            "state_bytes": prost::Message::encoded_len(s),
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        return Ok(true);
+    }
+    writeln!(
+        out,
+        "Account {}  —  health {} ({}) as of {}",
+        s.account_id,
+        s.current_score,
+        band.as_str(),
+        crate::codec::time::format_rfc3339_ms(now)
+    )?;
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_header(vec!["component", "value", "weight", "reading"]);
+    for (c, v) in score::COMPONENTS.iter().zip(values) {
+        t.add_row(vec![
+            Cell::new(c.name()),
+            Cell::new(v.map_or("no data".into(), |v| format!("{v:.0}"))).set_alignment(CellAlignment::Right),
+            Cell::new(format!("{:.2}", c.weight(cfg))).set_alignment(CellAlignment::Right),
+            Cell::new(score::explain(*c, s, now, cfg)),
+        ]);
+    }
+    writeln!(out, "{t}")?;
+    writeln!(out, "What costs it points:")?;
+    for d in &drivers {
+        writeln!(out, "  {:+6.1}  {:<17} {}", d.impact, d.signal, d.detail)?;
+    }
+    if s.open_alerts.is_empty() {
+        writeln!(out, "Open alerts: none")?;
+    } else {
+        writeln!(out, "Open alerts:")?;
+        for a in &s.open_alerts {
+            writeln!(
+                out,
+                "  [{}] {} since {}: {}  (alert_id {})",
+                a.severity,
+                a.rule,
+                crate::codec::time::format_day(crate::domain::event::day_of(a.opened_ms)),
+                a.message,
+                a.alert_id
+            )?;
+        }
+    }
+    let nrr = score::net_retention(s, now).map_or("n/a".into(), |x| format!("{:.0}%", x * 100.0));
+    let grr = score::gross_retention(s, now).map_or("n/a".into(), |x| format!("{:.0}%", x * 100.0));
+    writeln!(out, "ARR {}  NRR {nrr}  GRR {grr}", crate::domain::fold::money(s.arr))?;
+    Ok(true)
+}
+
+/// Prints the accounting, throughput, alerts and the most at-risk accounts.
+pub fn print_summary(
+    cfg: &Config,
+    summary: &RunSummary,
+    store: &dyn Store,
+    labels: Option<&dyn Fn(&str) -> String>,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let s = summary;
+    let accounted = s.folded + s.duplicates + s.dead_lettered;
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_header(vec!["records", "count"]);
+    let row = |t: &mut Table, k: &str, v: u64| {
+        t.add_row(vec![Cell::new(k), Cell::new(v).set_alignment(CellAlignment::Right)]);
+    };
+    row(&mut t, "read", s.records);
+    row(&mut t, "folded into state", s.folded);
+    row(&mut t, "duplicates ignored", s.duplicates);
+    row(&mut t, "dead-lettered", s.dead_lettered);
+    let mut reasons: Vec<_> = s.rejected_by_reason.iter().collect();
+    reasons.sort();
+    for (r, n) in reasons {
+        row(&mut t, &format!("  {r}"), *n);
+    }
+    writeln!(out, "{t}")?;
+    writeln!(
+        out,
+        "Accounting: {} read = {} folded + {} duplicates + {} dead-lettered {}",
+        s.records,
+        s.folded,
+        s.duplicates,
+        s.dead_lettered,
+        if accounted == s.records { "✓" } else { "✗ MISMATCH" }
+    )?;
+    writeln!(
+        out,
+        "Throughput: {:.0} events/s ({} records in {:.2} s); {} score changes emitted.",
+        s.events_per_second(),
+        s.records,
+        s.seconds,
+        s.scores
+    )?;
+
+    let mut by_rule: Vec<(Rule, u64, u64)> = crate::domain::alert::RULES
+        .iter()
+        .map(|r| {
+            (
+                *r,
+                s.alerts.get(&(r.name(), "open")).copied().unwrap_or(0),
+                s.alerts.get(&(r.name(), "resolved")).copied().unwrap_or(0),
+            )
+        })
+        .collect();
+    by_rule.retain(|(_, o, r)| o + r > 0);
+    // Open alerts now, and the riskiest accounts.
+    let mut open_now: HashMap<String, u64> = HashMap::new();
+    let mut accounts: Vec<(u16, AccountState)> = Vec::new();
+    let mut bands = [0u64; 3];
+    for_each_account(store, |p, st| {
+        for a in &st.open_alerts {
+            *open_now.entry(a.rule.clone()).or_default() += 1;
+        }
+        if st.scored {
+            bands[Band::of(st.current_score, &cfg.scorecard.bands) as usize] += 1;
+        }
+        accounts.push((p, st));
+    })?;
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_header(vec!["alert rule", "opened", "resolved", "open now"]);
+    for (r, o, res) in &by_rule {
+        t.add_row(vec![
+            Cell::new(r.name()),
+            Cell::new(o).set_alignment(CellAlignment::Right),
+            Cell::new(res).set_alignment(CellAlignment::Right),
+            Cell::new(open_now.get(r.name()).copied().unwrap_or(0)).set_alignment(CellAlignment::Right),
+        ]);
+    }
+    writeln!(out, "\nChurn alerts")?;
+    writeln!(out, "{t}")?;
+    writeln!(
+        out,
+        "Accounts: {} — green {}, yellow {}, red {}",
+        accounts.len(),
+        bands[Band::Green as usize],
+        bands[Band::Yellow as usize],
+        bands[Band::Red as usize]
+    )?;
+
+    // Most at risk: lowest score first, then most open alerts.
+    accounts.sort_by(|a, b| {
+        a.1.current_score
+            .cmp(&b.1.current_score)
+            .then(b.1.open_alerts.len().cmp(&a.1.open_alerts.len()))
+            .then(a.1.account_id.cmp(&b.1.account_id))
+    });
+    let mut t = Table::new();
+    let mut header = vec!["account", "score", "band", "open alerts", "top drivers (points)"];
+    if labels.is_some() {
+        header.insert(1, "planted behaviour");
+    }
+    t.load_preset(UTF8_FULL_CONDENSED).set_header(header);
+    for (p, st) in accounts.iter().filter(|(_, s)| s.scored).take(10) {
+        let now = as_of(store, *p).max(st.max_event_ms);
+        let drivers = current_drivers(st, now, cfg);
+        let top: Vec<String> = drivers
+            .iter()
+            .take(2)
+            .map(|d| format!("{:+.0} {}", d.impact, d.detail))
+            .collect();
+        let alerts: Vec<&str> = st.open_alerts.iter().map(|a| a.rule.as_str()).collect();
+        let mut row = vec![
+            Cell::new(&st.account_id),
+            Cell::new(st.current_score).set_alignment(CellAlignment::Right),
+            Cell::new(Band::of(st.current_score, &cfg.scorecard.bands).as_str()),
+            Cell::new(if alerts.is_empty() { "—".to_owned() } else { alerts.join(", ") }),
+            Cell::new(top.join("\n")),
+        ];
+        if let Some(l) = labels {
+            row.insert(1, Cell::new(l(&st.account_id)));
+        }
+        t.add_row(row);
+    }
+    writeln!(out, "\nMost at-risk accounts")?;
+    writeln!(out, "{t}")?;
+    Ok(())
+}
+
+/// `rapport replay`: rebuilds every account's state from the input log into a fresh store, then
+/// swaps it in (the previous directory is kept beside it as `<data_dir>.previous`).
+pub fn replay(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
+    let live = cfg.store.data_dir.clone();
+    let fresh = sibling(&live, "replay-in-progress");
+    if fresh.exists() {
+        std::fs::remove_dir_all(&fresh).with_context(|| format!("removing {}", fresh.display()))?;
+    }
+    let mut c = cfg.clone();
+    c.store.data_dir = fresh.clone();
+    c.embedded.follow = false;
+    let summary = run_embedded(Arc::new(c), opts)?;
+    if summary.stopped_by_signal {
+        bail!("replay interrupted; the live store at {} is unchanged", live.display());
+    }
+    let previous = sibling(&live, "previous");
+    if previous.exists() {
+        std::fs::remove_dir_all(&previous)?;
+    }
+    if live.exists() {
+        std::fs::rename(&live, &previous)?;
+    }
+    std::fs::rename(&fresh, &live)?;
+    Ok(summary)
+}
+
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
+    dir.with_file_name(format!("{name}.{suffix}"))
+}
+
+/// Writes a generated portfolio as NDJSON, with a malformed record after every `bad_every`
+/// events (0: none). Returns (events written, malformed written).
+pub fn write_portfolio(
+    portfolio: &crate::generate::Portfolio,
+    path: &Path,
+    bad_every: u64,
+) -> Result<(u64, u64)> {
+    let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+    let bad = crate::generate::malformed_records(7);
+    let (mut n, mut nbad) = (0u64, 0u64);
+    let mut line = Vec::with_capacity(512);
+    for ev in portfolio.events() {
+        line.clear();
+        crate::codec::json::encode_event(&ev, &mut line);
+        line.push(b'\n');
+        w.write_all(&line)?;
+        n += 1;
+        if bad_every > 0 && n % bad_every == 0 {
+            let (_, rec) = &bad[(nbad as usize) % bad.len()];
+            w.write_all(rec)?;
+            w.write_all(b"\n")?;
+            nbad += 1;
+        }
+    }
+    w.flush()?;
+    Ok((n, nbad))
+}

@@ -1,0 +1,468 @@
+//! The health score: a weighted scorecard of components, each 0–100, and the drivers that
+//! explain a change.
+//!
+//! A component with no data (no emails in 30 days, say) is left out and its weight is shared
+//! among the others in proportion to their own weights, so a quiet channel neither rewards nor
+//! punishes an account. Each component's *contribution* is its weight share times its value; the
+//! contributions add up to the score, so the drivers of a change (differences of contributions)
+//! add up to the change itself.
+
+use crate::config::{Bands, Config};
+use crate::domain::event::{DAY_MS, day_of};
+use crate::domain::fold::money;
+use crate::domain::state::{active_since, buckets_in};
+use crate::pb::AccountState;
+
+/// The scorecard's components, in a fixed order (their index is stored in the state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Component {
+    UsageFrequency,
+    UsageTrend,
+    Adoption,
+    EmailEngagement,
+    CallSentiment,
+    Commercial,
+    Recency,
+}
+
+pub const COMPONENTS: [Component; 7] = [
+    Component::UsageFrequency,
+    Component::UsageTrend,
+    Component::Adoption,
+    Component::EmailEngagement,
+    Component::CallSentiment,
+    Component::Commercial,
+    Component::Recency,
+];
+
+impl Component {
+    pub fn name(self) -> &'static str {
+        match self {
+            Component::UsageFrequency => "usage_frequency",
+            Component::UsageTrend => "usage_trend",
+            Component::Adoption => "adoption",
+            Component::EmailEngagement => "email_engagement",
+            Component::CallSentiment => "call_sentiment",
+            Component::Commercial => "commercial",
+            Component::Recency => "recency",
+        }
+    }
+
+    pub fn weight(self, cfg: &Config) -> f64 {
+        let c = &cfg.scorecard.components;
+        match self {
+            Component::UsageFrequency => c.usage_frequency.weight,
+            Component::UsageTrend => c.usage_trend.weight,
+            Component::Adoption => c.adoption.weight,
+            Component::EmailEngagement => c.email_engagement.weight,
+            Component::CallSentiment => c.call_sentiment.weight,
+            Component::Commercial => c.commercial.weight,
+            Component::Recency => c.recency.weight,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Band {
+    Red,
+    Yellow,
+    Green,
+}
+
+impl Band {
+    pub fn of(score: u32, bands: &Bands) -> Band {
+        if score >= bands.green {
+            Band::Green
+        } else if score >= bands.yellow {
+            Band::Yellow
+        } else {
+            Band::Red
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Band::Red => "red",
+            Band::Yellow => "yellow",
+            Band::Green => "green",
+        }
+    }
+}
+
+/// Usage figures the components and the usage-drop rule share.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UsageWindow {
+    /// Usage events in the 7 days ending today.
+    pub last7: f64,
+    /// Weekly average over the 28 days before those 7.
+    pub weekly_avg28: f64,
+    /// Whether the account is old enough for the trailing window to be complete.
+    pub has_baseline: bool,
+}
+
+pub fn usage_window(s: &AccountState, now_ms: i64) -> UsageWindow {
+    let today = day_of(now_ms);
+    let last7: u32 = buckets_in(s, today - 6, today).map(|b| b.usage_events).sum();
+    let prior: u32 = buckets_in(s, today - 34, today - 7).map(|b| b.usage_events).sum();
+    UsageWindow {
+        last7: last7 as f64,
+        weekly_avg28: prior as f64 / 4.0,
+        has_baseline: s.first_seen_ms > 0 && day_of(s.first_seen_ms) <= today - 34,
+    }
+}
+
+/// The evaluated scorecard of one account at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    pub score: u32,
+    /// Component values, `None` when the component has no data, in [`COMPONENTS`] order.
+    pub values: [Option<f64>; 7],
+}
+
+impl Scored {
+    /// The values as stored in the state (-1 for no data).
+    pub fn stored(&self) -> Vec<f64> {
+        self.values.iter().map(|v| v.unwrap_or(-1.0)).collect()
+    }
+}
+
+fn clamp01(x: f64) -> f64 {
+    x.clamp(0.0, 1.0)
+}
+
+/// Computes each component's value; `None` when it has no data.
+pub fn components(s: &AccountState, now_ms: i64, cfg: &Config) -> [Option<f64>; 7] {
+    let c = &cfg.scorecard.components;
+    let today = day_of(now_ms);
+    let has_usage = s.last_usage_ms > 0;
+    let mut out = [None; 7];
+
+    if has_usage {
+        let active = buckets_in(s, today - 27, today).filter(|b| b.usage_events > 0).count();
+        out[0] = Some(100.0 * clamp01(active as f64 / c.usage_frequency.target_active_days as f64));
+
+        let w = usage_window(s, now_ms);
+        if w.has_baseline && w.weekly_avg28 > 0.0 {
+            // Full marks at or above the baseline, zero at a fifth of it.
+            let r = w.last7 / w.weekly_avg28;
+            out[1] = Some(100.0 * clamp01((r - 0.2) / 0.8));
+        }
+
+        let users = active_since(&s.user_day, today - 29) as f64;
+        let features = active_since(&s.feature_day, today - 29) as f64;
+        out[2] = Some(
+            50.0 * clamp01(users / c.adoption.target_users as f64)
+                + 50.0 * clamp01(features / c.adoption.target_features as f64),
+        );
+
+        let idle_days = (now_ms - s.last_usage_ms).max(0) as f64 / DAY_MS as f64;
+        let (full, zero) = (c.recency.full_days as f64, c.recency.zero_days as f64);
+        out[6] = Some(100.0 * clamp01((zero - idle_days) / (zero - full)));
+    }
+
+    let (mut sent, mut engaged, mut bad) = (0u32, 0.0f64, 0u32);
+    for b in buckets_in(s, today - 29, today) {
+        sent += b.emails_out;
+        engaged += b.email_replies as f64 + b.email_clicks as f64 / 2.0 + b.email_opens as f64 / 4.0;
+        bad += b.email_bad;
+    }
+    if sent > 0 || engaged > 0.0 || bad > 0 {
+        let rate = engaged / sent.max(1) as f64;
+        let base = 100.0 * clamp01(rate / c.email_engagement.target_engagement_rate);
+        out[3] = Some((base - 20.0 * bad as f64).max(0.0));
+    }
+
+    let (mut calls, mut sum, mut n, mut missed, mut risk) = (0u32, 0i64, 0u32, 0u32, 0u32);
+    for b in buckets_in(s, today - 59, today) {
+        calls += b.calls + b.meetings_missed;
+        sum += b.sentiment_milli_sum as i64;
+        n += b.sentiment_n;
+        missed += b.meetings_missed;
+    }
+    for b in buckets_in(s, today - 29, today) {
+        risk += b.risk_mentions;
+    }
+    if calls > 0 || n > 0 {
+        let avg = if n > 0 { sum as f64 / n as f64 / 1000.0 } else { 0.4 };
+        let base = (avg + 1.0) * 50.0;
+        out[4] = Some((base - 10.0 * missed as f64 - 15.0 * risk as f64).clamp(0.0, 100.0));
+    }
+
+    if s.has_arr {
+        let value = if s.arr <= 0.0 {
+            0.0
+        } else {
+            let nrr = net_retention(s, now_ms).unwrap_or(1.0);
+            // NRR 110% or more earns full marks, 70% or less nothing.
+            let mut v = 100.0 * clamp01((nrr - 0.7) / 0.4);
+            if s.open_deals.iter().any(|d| d.kind == "contraction" || d.kind == "cancellation") {
+                v -= 25.0;
+            }
+            v
+        };
+        out[5] = Some(value.max(0.0));
+    }
+    out
+}
+
+/// ARR in force `days` before `now` (the first known ARR for younger accounts).
+pub fn arr_at(s: &AccountState, at_ms: i64) -> Option<f64> {
+    let mut found = None;
+    for c in &s.arr_changes {
+        if c.at_ms <= at_ms {
+            found = Some(c.arr_after);
+        }
+    }
+    found.or_else(|| s.arr_changes.first().map(|c| c.arr_after))
+}
+
+/// Net revenue retention against a year ago.
+pub fn net_retention(s: &AccountState, now_ms: i64) -> Option<f64> {
+    let ago = arr_at(s, now_ms - 365 * DAY_MS)?;
+    (ago > 0.0).then(|| s.arr / ago)
+}
+
+/// Gross revenue retention against a year ago: a year-ago ARR less every decrease since.
+pub fn gross_retention(s: &AccountState, now_ms: i64) -> Option<f64> {
+    let from = now_ms - 365 * DAY_MS;
+    let ago = arr_at(s, from)?;
+    if ago <= 0.0 {
+        return None;
+    }
+    let mut prev = ago;
+    let mut lost = 0.0;
+    for c in s.arr_changes.iter().filter(|c| c.at_ms > from) {
+        if c.arr_after < prev {
+            lost += prev - c.arr_after;
+        }
+        prev = c.arr_after;
+    }
+    Some(((ago - lost) / ago).max(0.0))
+}
+
+/// The weighted score with proportional redistribution; `None` when no component has data.
+pub fn score(values: &[Option<f64>; 7], cfg: &Config) -> Option<Scored> {
+    let total: f64 = COMPONENTS
+        .iter()
+        .zip(values)
+        .filter_map(|(c, v)| v.map(|_| c.weight(cfg)))
+        .sum();
+    if total <= 0.0 {
+        return None;
+    }
+    let raw: f64 = contributions(values, cfg).iter().sum();
+    Some(Scored { score: raw.round().clamp(0.0, 100.0) as u32, values: *values })
+}
+
+/// Each component's contribution in points (0 for a component without data).
+pub fn contributions(values: &[Option<f64>; 7], cfg: &Config) -> [f64; 7] {
+    let total: f64 = COMPONENTS
+        .iter()
+        .zip(values)
+        .filter_map(|(c, v)| v.map(|_| c.weight(cfg)))
+        .sum();
+    let mut out = [0.0; 7];
+    if total > 0.0 {
+        for (i, (c, v)) in COMPONENTS.iter().zip(values).enumerate() {
+            if let Some(v) = v {
+                out[i] = c.weight(cfg) / total * v;
+            }
+        }
+    }
+    out
+}
+
+/// One reason a score moved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Driver {
+    pub signal: &'static str,
+    /// Points, rounded to one decimal; negative pulls the score down.
+    pub impact: f64,
+    pub detail: String,
+}
+
+/// Up to three drivers of the move from `previous` (stored component values) to `now`.
+/// For a first score, the drivers are the components that cost it the most points.
+pub fn drivers(
+    s: &AccountState,
+    now_ms: i64,
+    previous: Option<&[Option<f64>; 7]>,
+    current: &[Option<f64>; 7],
+    cfg: &Config,
+) -> Vec<Driver> {
+    let now_c = contributions(current, cfg);
+    let impacts: Vec<(usize, f64)> = match previous {
+        Some(prev) => {
+            let prev_c = contributions(prev, cfg);
+            (0..7).map(|i| (i, now_c[i] - prev_c[i])).collect()
+        }
+        None => {
+            let total: f64 = COMPONENTS
+                .iter()
+                .zip(current)
+                .filter_map(|(c, v)| v.map(|_| c.weight(cfg)))
+                .sum();
+            (0..7)
+                .filter_map(|i| {
+                    current[i].map(|v| (i, COMPONENTS[i].weight(cfg) / total * (v - 100.0)))
+                })
+                .collect()
+        }
+    };
+    let mut ranked: Vec<(usize, f64)> =
+        impacts.into_iter().filter(|(_, x)| x.abs() >= 0.05).collect();
+    // Largest moves first; the component order breaks ties so the output is deterministic.
+    ranked.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(&b.0)));
+    ranked
+        .into_iter()
+        .take(3)
+        .map(|(i, impact)| Driver {
+            signal: COMPONENTS[i].name(),
+            impact: (impact * 10.0).round() / 10.0,
+            detail: explain(COMPONENTS[i], s, now_ms, cfg),
+        })
+        .collect()
+}
+
+/// A sentence about a component's current reading, with the figures behind it.
+pub fn explain(c: Component, s: &AccountState, now_ms: i64, cfg: &Config) -> String {
+    let today = day_of(now_ms);
+    let k = &cfg.scorecard.components;
+    match c {
+        Component::UsageFrequency => {
+            let active = buckets_in(s, today - 27, today).filter(|b| b.usage_events > 0).count();
+            format!(
+                "Active on {active} of the last 28 days (target {}).",
+                k.usage_frequency.target_active_days
+            )
+        }
+        Component::UsageTrend => {
+            let w = usage_window(s, now_ms);
+            if !w.has_baseline || w.weekly_avg28 <= 0.0 {
+                return "Not enough usage history for a trend yet.".into();
+            }
+            let change = (w.last7 / w.weekly_avg28 - 1.0) * 100.0;
+            let dir = if change < 0.0 { "down" } else { "up" };
+            format!(
+                "Usage {dir} {:.0}% against its 28-day average ({:.0} events in the last 7 days vs {:.0} a week before).",
+                change.abs(),
+                w.last7,
+                w.weekly_avg28
+            )
+        }
+        Component::Adoption => format!(
+            "{} active users and {} features used in the last 30 days (targets {} and {}).",
+            active_since(&s.user_day, today - 29),
+            active_since(&s.feature_day, today - 29),
+            k.adoption.target_users,
+            k.adoption.target_features
+        ),
+        Component::EmailEngagement => {
+            let (mut sent, mut replies, mut clicks, mut bad) = (0, 0, 0, 0);
+            for b in buckets_in(s, today - 29, today) {
+                sent += b.emails_out;
+                replies += b.email_replies;
+                clicks += b.email_clicks;
+                bad += b.email_bad;
+            }
+            let mut t = format!(
+                "{replies} replies and {clicks} clicks to {sent} emails in the last 30 days"
+            );
+            if bad > 0 {
+                t.push_str(&format!("; {bad} bounced, unsubscribed or complained"));
+            }
+            t.push('.');
+            t
+        }
+        Component::CallSentiment => {
+            let (mut sum, mut n, mut calls) = (0i64, 0u32, 0u32);
+            for b in buckets_in(s, today - 59, today) {
+                sum += b.sentiment_milli_sum as i64;
+                n += b.sentiment_n;
+                calls += b.calls;
+            }
+            let mut t = if n > 0 {
+                format!(
+                    "Average call sentiment {:+.2} over {calls} calls in the last 60 days",
+                    sum as f64 / n as f64 / 1000.0
+                )
+            } else {
+                format!("{calls} calls in the last 60 days, no sentiment recorded")
+            };
+            let recent: Vec<&str> = s
+                .risk_topics
+                .iter()
+                .zip(&s.risk_topic_ms)
+                .filter(|(_, t)| **t >= now_ms - 30 * DAY_MS)
+                .map(|(x, _)| x.as_str())
+                .collect();
+            if !recent.is_empty() {
+                t.push_str(&format!("; risk topics: {}", recent.join(", ")));
+            }
+            t.push('.');
+            t
+        }
+        Component::Commercial => {
+            let mut t = format!("ARR {}", money(s.arr));
+            if let Some(nrr) = net_retention(s, now_ms) {
+                t.push_str(&format!(", net revenue retention {:.0}% against a year ago", nrr * 100.0));
+            }
+            if let Some(d) =
+                s.open_deals.iter().find(|d| d.kind == "contraction" || d.kind == "cancellation")
+            {
+                t.push_str(&format!("; open {} deal {}", d.kind, d.deal_id));
+            }
+            t.push('.');
+            t
+        }
+        Component::Recency => {
+            let days = (now_ms - s.last_usage_ms).max(0) / DAY_MS;
+            match days {
+                0 => "Product used today.".into(),
+                1 => "Last product usage 1 day ago.".into(),
+                d => format!("Last product usage {d} days ago."),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redistribution_keeps_scale_and_contributions_sum() {
+        let cfg = Config::defaults();
+        let mut v = [None; 7];
+        v[0] = Some(80.0);
+        v[5] = Some(40.0);
+        let s = score(&v, &cfg).unwrap();
+        // weights 0.20 and 0.15 → 80*0.2/0.35 + 40*0.15/0.35 = 62.86
+        assert_eq!(s.score, 63);
+        let total: f64 = contributions(&v, &cfg).iter().sum();
+        assert!((total - 62.857).abs() < 0.01);
+        assert!(score(&[None; 7], &cfg).is_none());
+    }
+
+    #[test]
+    fn drivers_sum_to_the_change() {
+        let cfg = Config::defaults();
+        let s = crate::domain::state::new_state("a", 0);
+        let prev = [Some(90.0), Some(90.0), Some(80.0), None, None, Some(75.0), Some(100.0)];
+        let now = [Some(50.0), Some(20.0), Some(70.0), None, Some(30.0), Some(75.0), Some(60.0)];
+        let d = drivers(&s, 0, Some(&prev), &now, &cfg);
+        assert_eq!(d[0].signal, "usage_trend");
+        assert!(d.iter().all(|x| x.impact < 0.0));
+        let all: f64 = contributions(&now, &cfg).iter().sum::<f64>()
+            - contributions(&prev, &cfg).iter().sum::<f64>();
+        assert!(all < -20.0);
+    }
+
+    #[test]
+    fn bands() {
+        let b = Config::defaults().scorecard.bands;
+        assert_eq!(Band::of(70, &b), Band::Green);
+        assert_eq!(Band::of(69, &b), Band::Yellow);
+        assert_eq!(Band::of(40, &b), Band::Yellow);
+        assert_eq!(Band::of(39, &b), Band::Red);
+    }
+}

@@ -1,0 +1,280 @@
+//! The `rapport` command line: parse, load config, start telemetry, call the app.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use rapport::app::{self, RunOptions, Shutdown};
+use rapport::config::Config;
+use rapport::generate::{GenSpec, Portfolio};
+use rapport::store::RocksStore;
+use rapport::telemetry::{self, http::Health};
+
+/// rapport — folds product, email, call and CRM events per customer account into engagement
+/// state, scores each account's health and streams score changes and churn alerts.
+#[derive(Parser)]
+#[command(name = "rapport", version, about, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate a synthetic portfolio, run it through the engine and print what a customer-success lead would see.
+    Demo(DemoArgs),
+    /// Run the job: NDJSON files in, RocksDB state, health scores and churn alerts out.
+    Run(RunArgs),
+    /// Write a synthetic portfolio as NDJSON (input for `run`, tests and benchmarks).
+    Generate(GenerateArgs),
+    /// Show one account's state, score, components, drivers and open alerts from the store.
+    Inspect(InspectArgs),
+    /// Rebuild all state from the input log into a fresh store, then swap it in.
+    Replay(RunArgs),
+}
+
+#[derive(Args)]
+struct CommonArgs {
+    /// Configuration file (TOML), layered over the built-in defaults (config/default.toml).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// RocksDB directory (overrides store.data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// NDJSON input: a file, a directory of *.ndjson files, or - for stdin (overrides embedded.input).
+    #[arg(long, short)]
+    input: Option<String>,
+    /// Output directory for health_scores.ndjson, churn_alerts.ndjson, dlq.ndjson (overrides embedded.output_dir).
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Keep reading a growing file.
+    #[arg(long)]
+    follow: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Accounts in the synthetic portfolio.
+    #[arg(long, default_value_t = 2000)]
+    accounts: usize,
+    /// Days of history.
+    #[arg(long, default_value_t = 120)]
+    days: u32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Working directory for the demo's input, store and outputs (recreated).
+    #[arg(long, default_value = "rapport-demo")]
+    dir: PathBuf,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Output file.
+    #[arg(long, short)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 1000)]
+    accounts: usize,
+    #[arg(long, default_value_t = 120)]
+    days: u32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Mean product-usage events per healthy account per day.
+    #[arg(long, default_value_t = 4.0)]
+    usage_per_day: f64,
+    /// Insert one malformed record after every N events (0: none).
+    #[arg(long, default_value_t = 0)]
+    bad_every: u64,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// The account id.
+    account: String,
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn load(common: &CommonArgs) -> Result<Config> {
+    let mut cfg = Config::load(common.config.as_deref())?;
+    if let Some(d) = &common.data_dir {
+        cfg.store.data_dir = d.clone();
+    }
+    Ok(cfg)
+}
+
+fn start_telemetry(cfg: &Config) -> Result<Option<Arc<Health>>> {
+    telemetry::init_logs(&cfg.telemetry.log_format);
+    if cfg.telemetry.listen.is_empty() {
+        return Ok(None);
+    }
+    let health = Arc::new(Health::default());
+    if let Some(handle) = telemetry::http::install_recorder() {
+        let addr = cfg.telemetry.listen.parse().expect("validated");
+        let bound = telemetry::http::serve(addr, handle, Arc::clone(&health))?;
+        tracing::info!(address = %bound, "Serving /metrics, /healthz and /readyz.");
+    }
+    Ok(Some(health))
+}
+
+fn run_args(a: &RunArgs) -> Result<Config> {
+    let mut cfg = load(&a.common)?;
+    if let Some(i) = &a.input {
+        cfg.embedded.input = i.clone();
+    }
+    if let Some(o) = &a.output {
+        cfg.embedded.output_dir = o.clone();
+    }
+    if a.follow {
+        cfg.embedded.follow = true;
+    }
+    Ok(cfg)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Run(a) => {
+            let cfg = Arc::new(run_args(&a)?);
+            let health = start_telemetry(&cfg)?;
+            let shutdown = Shutdown::new();
+            shutdown.on_signals();
+            let opts = RunOptions { progress: !a.quiet, shutdown, health };
+            let summary = app::run_embedded(Arc::clone(&cfg), &opts)?;
+            let store = RocksStore::open(&cfg.store)?;
+            app::print_summary(&cfg, &summary, &store, None, &mut std::io::stdout())?;
+            println!("Outputs in {}.", cfg.embedded.output_dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Replay(a) => {
+            let cfg = run_args(&a)?;
+            let health = start_telemetry(&cfg)?;
+            let shutdown = Shutdown::new();
+            shutdown.on_signals();
+            let opts = RunOptions { progress: !a.quiet, shutdown, health };
+            let summary = app::replay(&cfg, &opts)?;
+            let store = RocksStore::open(&cfg.store)?;
+            app::print_summary(&cfg, &summary, &store, None, &mut std::io::stdout())?;
+            println!(
+                "State rebuilt from the log into {} (the previous store is kept beside it as *.previous).",
+                cfg.store.data_dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Generate(a) => {
+            let spec = GenSpec {
+                accounts: a.accounts,
+                days: a.days,
+                seed: a.seed,
+                usage_per_day: a.usage_per_day,
+                ..GenSpec::default()
+            };
+            let p = Portfolio::new(spec);
+            let (n, bad) = app::write_portfolio(&p, &a.out, a.bad_every)?;
+            println!("Wrote {n} events and {bad} malformed records for {} accounts to {}.", a.accounts, a.out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Inspect(a) => {
+            let cfg = load(&a.common)?;
+            let found = app::inspect(&cfg, &a.account, a.json, &mut std::io::stdout())?;
+            Ok(if found { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Cmd::Demo(a) => demo(a),
+    }
+}
+
+fn demo(a: DemoArgs) -> Result<ExitCode> {
+    let mut cfg = Config::load(None)?;
+    telemetry::init_logs(&cfg.telemetry.log_format);
+    if a.dir.exists() {
+        std::fs::remove_dir_all(&a.dir).with_context(|| format!("clearing {}", a.dir.display()))?;
+    }
+    std::fs::create_dir_all(&a.dir)?;
+    let input = a.dir.join("events.ndjson");
+    let spec = GenSpec { accounts: a.accounts, days: a.days, seed: a.seed, ..GenSpec::default() };
+    let portfolio = Portfolio::new(spec);
+    println!(
+        "Generating {} accounts over {} days (healthy, expanding, slow decliners, sudden drops, accounts going dark, negative calls, email trouble, lost renewals, newcomers)…",
+        a.accounts, a.days
+    );
+    let (n, bad) = app::write_portfolio(&portfolio, &input, 5000)?;
+    println!("Wrote {n} events and {bad} malformed records to {}.\n", input.display());
+
+    cfg.embedded.input = input.display().to_string();
+    cfg.embedded.output_dir = a.dir.join("out");
+    cfg.store.data_dir = a.dir.join("data");
+    cfg.telemetry.listen = String::new();
+    let cfg = Arc::new(cfg);
+    let shutdown = Shutdown::new();
+    shutdown.on_signals();
+    let opts = RunOptions { progress: true, shutdown, health: None };
+    let summary = app::run_embedded(Arc::clone(&cfg), &opts)?;
+    let store = RocksStore::open(&cfg.store)?;
+
+    let ids: std::collections::HashMap<String, &'static str> =
+        (0..a.accounts).map(|i| (portfolio.account_id(i), portfolio.archetype(i).name())).collect();
+    let label = |acct: &str| ids.get(acct).copied().unwrap_or("?").replace('_', " ");
+    app::print_summary(&cfg, &summary, &store, Some(&label), &mut std::io::stdout())?;
+
+    // How well did the alerts find the accounts that were built to churn?
+    let alerts = std::fs::read_to_string(cfg.embedded.output_dir.join(rapport::sink::file::CHURN_ALERTS))?;
+    let mut alerted = std::collections::HashSet::new();
+    for line in alerts.lines() {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+            if v["status"] == "open" {
+                alerted.insert(v["account_id"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+    }
+    let risky = ["sudden_drop", "goes_dark", "negative_call", "email_trouble", "lost_renewal", "slow_decline"];
+    let (mut at_risk, mut caught, mut healthy, mut noisy) = (0, 0, 0, 0);
+    for (id, kind) in &ids {
+        if risky.contains(kind) {
+            at_risk += 1;
+            caught += alerted.contains(id) as u32;
+        } else if *kind == "healthy" {
+            healthy += 1;
+            noisy += alerted.contains(id) as u32;
+        }
+    }
+    println!(
+        "\nPlanted risks caught: {caught} of {at_risk} at-risk accounts raised at least one alert; {noisy} of {healthy} healthy accounts did."
+    );
+    if let Some(worst) = std::fs::read_to_string(cfg.embedded.output_dir.join(rapport::sink::file::HEALTH_SCORES))
+        .ok()
+        .and_then(|s| s.lines().last().map(str::to_owned))
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+        .and_then(|v| v["account_id"].as_str().map(str::to_owned))
+    {
+        println!(
+            "Look closer:  rapport inspect {worst} --data-dir {}\nOutputs:      {}",
+            cfg.store.data_dir.display(),
+            cfg.embedded.output_dir.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

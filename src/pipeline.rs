@@ -1,0 +1,566 @@
+//! The batch loop: decode → dedup → fold/evaluate (with timers) → one atomic write → publish.
+//!
+//! One [`Pipeline::process`] call handles one batch of input records and ends with exactly one
+//! [`Store::commit`] holding the new states, dedup marks, timers, partition clocks, input
+//! positions, counters and outbox records. Only after that commit are the batch's outputs handed
+//! to the sink; the outbox rows are deleted (in the *next* commit) once the sink confirms them.
+//! A crash anywhere therefore loses nothing and folds nothing twice: the state and the positions
+//! move together, and unconfirmed outputs are published again, with the same ids, on restart.
+//!
+//! Events are evaluated one at a time, in input order, and timers fire between events when a
+//! partition's stream time passes them, so the result does not depend on where batches begin
+//! and end.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use prost::Message;
+
+use crate::codec::output::{OutputFormat, encode_alert, encode_score};
+use crate::codec::{DecodeLimits, Reason, Rejection};
+use crate::config::{Config, TimerClock};
+use crate::domain::event::{Event, day_of};
+use crate::domain::score::Band;
+use crate::domain::state::{self, StateError};
+use crate::domain::{AlertStatus, Output, evaluate, fold};
+use crate::pb::{AccountState, Counters, OutboxRecord, PartitionClock, SourcePosition};
+use crate::sink::{OutputKind, Sink, SinkError};
+use crate::source::InputBatch;
+use crate::store::keys::{
+    self, COUNTERS_KEY, PARTITIONS_KEY, clock_key, dedup_key, outbox_key, parse_outbox_key,
+    parse_timer_key, state_key, timer_key,
+};
+use crate::store::{Cf, Store, StoreError, WriteSet};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("account state for {account}: {source}")]
+    State { account: String, source: StateError },
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// What one batch did, for metrics, logs and progress.
+#[derive(Debug, Default, Clone)]
+pub struct BatchReport {
+    pub records: u64,
+    pub folded: u64,
+    pub duplicates: u64,
+    pub dead_lettered: u64,
+    /// Folded events by type: product_usage, email, call, deal.
+    pub by_type: [u64; 4],
+    pub rejected_by_reason: HashMap<Reason, u64>,
+    pub scores: u64,
+    /// Alert transitions by (rule, status).
+    pub alerts: HashMap<(&'static str, &'static str), u64>,
+    pub timers_fired: u64,
+    pub commit_seconds: f64,
+    pub write_bytes: usize,
+    pub late: u64,
+}
+
+struct Entry {
+    state: AccountState,
+    partition: u16,
+    /// The timer as stored, to delete its key when it moves.
+    stored_timer: i64,
+    band_before: Option<Band>,
+    existed: bool,
+    dirty: bool,
+}
+
+pub struct Pipeline {
+    cfg: Arc<Config>,
+    store: Arc<dyn Store>,
+    limits: DecodeLimits,
+    format: OutputFormat,
+    /// Stream time (max event time) per account partition; 0 before the first event.
+    clocks: Vec<i64>,
+    /// Due timers per partition, in (due, account) order — the in-memory copy of `timers`.
+    timers: Vec<BTreeSet<(i64, String)>>,
+    counters: Counters,
+    positions: HashMap<String, u64>,
+    next_seq: u64,
+    /// Outbox rows below this are confirmed by the sink.
+    confirmed: u64,
+    /// Confirmed rows not yet deleted from the outbox (deleted in the next commit).
+    delete_from: u64,
+}
+
+fn type_index(ev: &Event) -> usize {
+    use crate::domain::event::EventBody::*;
+    match ev.body {
+        ProductUsage(_) => 0,
+        Email(_) => 1,
+        Call(_) => 2,
+        Deal(_) => 3,
+    }
+}
+
+impl Pipeline {
+    /// Loads clocks, timers, counters and positions from the store and checks that the store was
+    /// written with the same partition count.
+    pub fn open(cfg: Arc<Config>, store: Arc<dyn Store>) -> Result<Pipeline, PipelineError> {
+        let n = cfg.engine.partitions;
+        match store.get(Cf::Meta, PARTITIONS_KEY)? {
+            Some(v) => {
+                let stored = u16::from_le_bytes(v.get(..2).unwrap_or(&[0, 0]).try_into().unwrap());
+                if stored != n {
+                    return Err(PipelineError::Refused(format!(
+                        "the store was built with {stored} account partitions but engine.partitions is {n}; set engine.partitions = {stored}, or rebuild the state for the new count with `rapport replay` into a new data directory."
+                    )));
+                }
+            }
+            None => {
+                let mut w = WriteSet::default();
+                w.put(Cf::Meta, PARTITIONS_KEY.to_vec(), n.to_le_bytes().to_vec());
+                store.commit(w)?;
+            }
+        }
+        let mut clocks = vec![0i64; n as usize];
+        for (p, c) in clocks.iter_mut().enumerate() {
+            if let Some(v) = store.get(Cf::Meta, &clock_key(p as u16))? {
+                *c = PartitionClock::decode(v.as_slice()).map(|c| c.stream_time_ms).unwrap_or(0);
+            }
+        }
+        let counters = match store.get(Cf::Meta, COUNTERS_KEY)? {
+            Some(v) => Counters::decode(v.as_slice()).unwrap_or_default(),
+            None => Counters::default(),
+        };
+        let mut timers = vec![BTreeSet::new(); n as usize];
+        store.scan(Cf::Timers, &[], &mut |k, _| {
+            if let Some((p, due, acct)) = parse_timer_key(k) {
+                if let Some(t) = timers.get_mut(p as usize) {
+                    t.insert((due, acct.to_owned()));
+                }
+            }
+            true
+        })?;
+        let mut positions = HashMap::new();
+        store.scan(Cf::Offsets, &[], &mut |k, v| {
+            if let (Ok(key), Ok(pos)) = (std::str::from_utf8(k), SourcePosition::decode(v)) {
+                positions.insert(key.to_owned(), pos.next);
+            }
+            true
+        })?;
+        let (mut first, mut last) = (None, None);
+        store.scan(Cf::Outbox, &[], &mut |k, _| {
+            if let Some(seq) = parse_outbox_key(k) {
+                first.get_or_insert(seq);
+                last = Some(seq);
+            }
+            true
+        })?;
+        let next_seq = last.map_or(0, |l| l + 1);
+        let confirmed = first.unwrap_or(next_seq);
+        Ok(Pipeline {
+            limits: DecodeLimits {
+                max_record_bytes: cfg.engine.max_record_bytes,
+                max_id_bytes: cfg.engine.max_id_bytes,
+            },
+            format: OutputFormat::Json,
+            cfg,
+            store,
+            clocks,
+            timers,
+            counters,
+            positions,
+            next_seq,
+            confirmed,
+            delete_from: confirmed,
+        })
+    }
+
+    pub fn set_output_format(&mut self, f: OutputFormat) {
+        self.format = f;
+    }
+
+    /// Stored input positions, by source key.
+    pub fn positions(&self) -> &HashMap<String, u64> {
+        &self.positions
+    }
+
+    /// Cumulative record accounting of this store.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Outputs committed but not yet confirmed by the sink.
+    pub fn outbox_depth(&self) -> u64 {
+        self.next_seq - self.confirmed
+    }
+
+    /// Highest stream time over all partitions.
+    pub fn stream_time(&self) -> i64 {
+        self.clocks.iter().copied().max().unwrap_or(0)
+    }
+
+    /// Publishes outbox rows left by an earlier run (committed, never confirmed), waits for the
+    /// sink to confirm them, and deletes them.
+    pub fn drain_outbox(&mut self, sink: &mut dyn Sink) -> Result<u64, PipelineError> {
+        let mut recs = Vec::new();
+        self.store.scan(Cf::Outbox, &[], &mut |k, v| {
+            if let (Some(seq), Ok(r)) = (parse_outbox_key(k), OutboxRecord::decode(v)) {
+                recs.push((seq, r));
+            }
+            true
+        })?;
+        for (seq, r) in &recs {
+            sink.send(*seq, r)?;
+        }
+        let n = recs.len() as u64;
+        self.confirmed = self.confirmed.max(sink.confirmed(true)?);
+        self.flush_deletes()?;
+        Ok(n)
+    }
+
+    /// Waits for the sink to confirm everything and deletes the confirmed outbox rows.
+    pub fn finish(&mut self, sink: &mut dyn Sink) -> Result<(), PipelineError> {
+        self.confirmed = self.confirmed.max(sink.confirmed(true)?);
+        self.flush_deletes()
+    }
+
+    fn flush_deletes(&mut self) -> Result<(), PipelineError> {
+        if self.confirmed > self.delete_from {
+            let mut w = WriteSet::default();
+            w.delete_range(Cf::Outbox, outbox_key(self.delete_from), outbox_key(self.confirmed));
+            self.store.commit(w)?;
+            self.delete_from = self.confirmed;
+        }
+        Ok(())
+    }
+
+    /// Processes one batch: exactly one commit, then the batch's outputs go to the sink.
+    /// `sources` names the batch's source indexes; `wall_now_ms` fires wall-clock timers.
+    pub fn process(
+        &mut self,
+        batch: &InputBatch,
+        sources: &[String],
+        wall_now_ms: Option<i64>,
+        sink: &mut dyn Sink,
+    ) -> Result<BatchReport, PipelineError> {
+        let cfg = Arc::clone(&self.cfg);
+        let n = cfg.engine.partitions;
+        let mut report = BatchReport { records: batch.records.len() as u64, ..Default::default() };
+
+        // 1. Decode every record.
+        let decoded: Vec<Result<(Event, u16), Rejection>> = batch
+            .records
+            .iter()
+            .map(|r| {
+                if let Some(len) = r.oversized {
+                    return Err(Rejection {
+                        reason: Reason::TooLarge,
+                        detail: format!(
+                            "The record is {len} bytes, over the {} byte limit (engine.max_record_bytes); only its first bytes are kept here.",
+                            cfg.engine.max_record_bytes
+                        ),
+                    });
+                }
+                let ev = crate::codec::decode(batch.bytes(r), &self.limits)?;
+                let p = r.partition.unwrap_or_else(|| keys::partition_for(&ev.account_id, n));
+                Ok((ev, p))
+            })
+            .collect();
+
+        // 2. Look up the batch's dedup marks and account states in two batched reads.
+        let mut dkeys: Vec<Vec<u8>> = Vec::new();
+        let mut skeys: Vec<Vec<u8>> = Vec::new();
+        for (ev, p) in decoded.iter().flatten() {
+            dkeys.push(dedup_key(*p, &ev.account_id, &ev.event_id));
+            skeys.push(state_key(*p, &ev.account_id));
+        }
+        let event_dkeys = dkeys.clone();
+        dkeys.sort_unstable();
+        dkeys.dedup();
+        skeys.sort_unstable();
+        skeys.dedup();
+        let mut marks: HashMap<Vec<u8>, i32> = HashMap::with_capacity(dkeys.len());
+        self.store.multi_get(Cf::Dedup, &dkeys, &mut |i, v| {
+            if let Some(v) = v.and_then(|v| v.get(..4)) {
+                marks.insert(dkeys[i].clone(), i32::from_le_bytes(v.try_into().unwrap()));
+            }
+        })?;
+        let mut entries: HashMap<Vec<u8>, Entry> = HashMap::with_capacity(skeys.len());
+        let mut load_err = None;
+        self.store.multi_get(Cf::State, &skeys, &mut |i, v| {
+            if let Some(v) = v {
+                match state::decode(v) {
+                    Ok(s) => {
+                        let p = keys::parse_state_key(&skeys[i]).map_or(0, |(p, _)| p);
+                        entries.insert(skeys[i].clone(), entry_of(s, p, &cfg, true));
+                    }
+                    Err(e) => load_err = Some((skeys[i].clone(), e)),
+                }
+            }
+        })?;
+        if let Some((k, e)) = load_err {
+            let account = keys::parse_state_key(&k).map_or(String::new(), |(_, a)| a.to_owned());
+            return Err(PipelineError::State { account, source: e });
+        }
+
+        // 3. Fold and evaluate, record by record, in input order.
+        let mut outbox: Vec<OutboxRecord> = Vec::new();
+        let mut outputs: Vec<(u16, Output)> = Vec::new();
+        let mut new_marks: Vec<(Vec<u8>, i32)> = Vec::new();
+        let mut seen: HashSet<&[u8]> = HashSet::new();
+        let mut clocks_dirty: HashSet<u16> = HashSet::new();
+        let mut last_pos: HashMap<u32, u64> = HashMap::new();
+        let lateness = cfg.engine.allowed_lateness_secs as i64 * 1000;
+        let retention = cfg.engine.dedup_retention_days as i32;
+        let mut ev_i = 0;
+        for (r, d) in batch.records.iter().zip(&decoded) {
+            last_pos.insert(r.source, r.next);
+            let (ev, p) = match d {
+                Err(rej) => {
+                    report.dead_lettered += 1;
+                    *report.rejected_by_reason.entry(rej.reason).or_default() += 1;
+                    outbox.push(dead_letter(batch.bytes(r), rej, &sources[r.source as usize], r));
+                    continue;
+                }
+                Ok((ev, p)) => (ev, *p),
+            };
+            let dkey = &event_dkeys[ev_i];
+            ev_i += 1;
+            let stream = self.clocks[p as usize].max(ev.occurred_at_ms);
+            let horizon = day_of(stream) - retention;
+            let dup_stored = marks.get(dkey).is_some_and(|&day| day >= horizon);
+            if dup_stored || !seen.insert(dkey.as_slice()) {
+                report.duplicates += 1;
+                continue;
+            }
+            new_marks.push((dkey.clone(), day_of(ev.occurred_at_ms)));
+
+            // Timers due before this event fire first: event time, as the log says.
+            if cfg.engine.timer_clock == TimerClock::Event {
+                self.fire_timers(p, stream, &mut entries, &mut outputs, &mut report)?;
+            }
+            if stream != self.clocks[p as usize] {
+                self.clocks[p as usize] = stream;
+                clocks_dirty.insert(p);
+            }
+            let late = ev.occurred_at_ms < stream - lateness;
+            report.late += late as u64;
+            let key = state_key(p, &ev.account_id);
+            let e = entries.entry(key).or_insert_with(|| Entry {
+                state: state::new_state(&ev.account_id, ev.occurred_at_ms),
+                partition: p,
+                stored_timer: 0,
+                band_before: None,
+                existed: false,
+                dirty: false,
+            });
+            fold(&mut e.state, ev, late, &cfg);
+            let mut outs = Vec::new();
+            let next = evaluate(&mut e.state, stream, &cfg, &mut outs);
+            e.dirty = true;
+            reschedule(&mut self.timers[p as usize], e, next);
+            outputs.extend(outs.into_iter().map(|o| (p, o)));
+            report.folded += 1;
+            report.by_type[type_index(ev)] += 1;
+        }
+        if cfg.engine.timer_clock == TimerClock::Wall {
+            if let Some(now) = wall_now_ms {
+                for p in 0..n {
+                    self.fire_timers(p, now, &mut entries, &mut outputs, &mut report)?;
+                }
+            }
+        }
+
+        // 4. Outputs into the outbox, in the order they happened.
+        let mut payload = Vec::new();
+        for (p, o) in &outputs {
+            payload.clear();
+            let (kind, account) = match o {
+                Output::Score(c) => {
+                    report.scores += 1;
+                    encode_score(c, self.format, &mut payload);
+                    (OutputKind::HealthScore, &c.account_id)
+                }
+                Output::Alert(a) => {
+                    *report.alerts.entry((a.rule.name(), a.status.as_str())).or_default() += 1;
+                    match a.status {
+                        AlertStatus::Open => self.counters.alerts_opened += 1,
+                        AlertStatus::Resolved => self.counters.alerts_resolved += 1,
+                    }
+                    encode_alert(a, self.format, &mut payload);
+                    (OutputKind::ChurnAlert, &a.account_id)
+                }
+            };
+            outbox.push(OutboxRecord {
+                kind: kind as u32,
+                key: account.clone(),
+                payload: payload.clone(),
+                headers: HashMap::new(),
+                partition: *p as i32,
+            });
+        }
+
+        // 5. One atomic write.
+        let mut w = WriteSet::default();
+        let mut buf = Vec::new();
+        for (key, e) in entries.iter_mut().filter(|(_, e)| e.dirty) {
+            state::encode(&e.state, &mut buf);
+            w.put(Cf::State, key.clone(), buf.clone());
+            if e.state.timer_due_ms != e.stored_timer {
+                if e.stored_timer != 0 {
+                    w.delete(Cf::Timers, timer_key(e.partition, e.stored_timer, &e.state.account_id));
+                }
+                if e.state.timer_due_ms != 0 {
+                    w.put(Cf::Timers, timer_key(e.partition, e.state.timer_due_ms, &e.state.account_id), Vec::new());
+                }
+            }
+            if !e.existed {
+                self.counters.accounts += 1;
+            }
+            let after = e.state.scored.then(|| Band::of(e.state.emitted_score, &cfg.scorecard.bands));
+            if after != e.band_before {
+                bump_band(&mut self.counters, e.band_before, -1);
+                bump_band(&mut self.counters, after, 1);
+            }
+        }
+        for (k, day) in new_marks {
+            w.put(Cf::Dedup, k, day.to_le_bytes().to_vec());
+        }
+        for p in &clocks_dirty {
+            let c = PartitionClock { stream_time_ms: self.clocks[*p as usize] };
+            w.put(Cf::Meta, clock_key(*p), c.encode_to_vec());
+        }
+        for (src, next) in &last_pos {
+            let key = &sources[*src as usize];
+            w.put(Cf::Offsets, key.as_bytes().to_vec(), SourcePosition { next: *next }.encode_to_vec());
+            self.positions.insert(key.clone(), *next);
+        }
+        self.counters.records_in += report.records;
+        self.counters.folded += report.folded;
+        self.counters.duplicates += report.duplicates;
+        self.counters.dead_lettered += report.dead_lettered;
+        self.counters.scores_emitted += report.scores;
+        self.counters.timers_fired += report.timers_fired;
+        w.put(Cf::Meta, COUNTERS_KEY.to_vec(), self.counters.encode_to_vec());
+        let first_seq = self.next_seq;
+        for (i, rec) in outbox.iter().enumerate() {
+            w.put(Cf::Outbox, outbox_key(first_seq + i as u64), rec.encode_to_vec());
+        }
+        if self.confirmed > self.delete_from {
+            w.delete_range(Cf::Outbox, outbox_key(self.delete_from), outbox_key(self.confirmed));
+        }
+        report.write_bytes = w.bytes;
+        let t0 = Instant::now();
+        self.store.commit(w)?;
+        report.commit_seconds = t0.elapsed().as_secs_f64();
+        self.delete_from = self.confirmed;
+        self.next_seq += outbox.len() as u64;
+
+        // 6. Publish; confirmed rows are deleted with the next commit.
+        for (i, rec) in outbox.iter().enumerate() {
+            sink.send(first_seq + i as u64, rec)?;
+        }
+        self.confirmed = self.confirmed.max(sink.confirmed(false)?);
+        if let Some(min_clock) = self.clocks.iter().filter(|&&c| c > 0).min() {
+            self.store.set_dedup_horizon(day_of(*min_clock) - retention - 1);
+        }
+        Ok(report)
+    }
+
+    /// Fires partition `p`'s timers due at or before `up_to`, in (due, account) order.
+    fn fire_timers(
+        &mut self,
+        p: u16,
+        up_to: i64,
+        entries: &mut HashMap<Vec<u8>, Entry>,
+        outputs: &mut Vec<(u16, Output)>,
+        report: &mut BatchReport,
+    ) -> Result<(), PipelineError> {
+        loop {
+            let Some((due, acct)) = self.timers[p as usize].first().cloned() else { break };
+            if due > up_to {
+                break;
+            }
+            self.timers[p as usize].pop_first();
+            let key = state_key(p, &acct);
+            if !entries.contains_key(&key) {
+                let Some(v) = self.store.get(Cf::State, &key)? else { continue };
+                let s = state::decode(&v)
+                    .map_err(|source| PipelineError::State { account: acct.clone(), source })?;
+                entries.insert(key.clone(), entry_of(s, p, &self.cfg, true));
+            }
+            let e = entries.get_mut(&key).expect("just inserted");
+            if e.state.timer_due_ms != due {
+                continue;
+            }
+            e.state.timer_due_ms = 0;
+            let mut outs = Vec::new();
+            let next = evaluate(&mut e.state, due, &self.cfg, &mut outs);
+            e.dirty = true;
+            reschedule(&mut self.timers[p as usize], e, next);
+            outputs.extend(outs.into_iter().map(|o| (p, o)));
+            report.timers_fired += 1;
+        }
+        Ok(())
+    }
+
+    /// Number of scheduled timers.
+    pub fn timer_count(&self) -> usize {
+        self.timers.iter().map(BTreeSet::len).sum()
+    }
+}
+
+fn entry_of(s: AccountState, p: u16, cfg: &Config, existed: bool) -> Entry {
+    Entry {
+        stored_timer: s.timer_due_ms,
+        band_before: s.scored.then(|| Band::of(s.emitted_score, &cfg.scorecard.bands)),
+        state: s,
+        partition: p,
+        existed,
+        dirty: false,
+    }
+}
+
+fn reschedule(timers: &mut BTreeSet<(i64, String)>, e: &mut Entry, next: Option<i64>) {
+    let next = next.unwrap_or(0);
+    if next == e.state.timer_due_ms {
+        return;
+    }
+    if e.state.timer_due_ms != 0 {
+        timers.remove(&(e.state.timer_due_ms, e.state.account_id.clone()));
+    }
+    if next != 0 {
+        timers.insert((next, e.state.account_id.clone()));
+    }
+    e.state.timer_due_ms = next;
+}
+
+fn bump_band(c: &mut Counters, band: Option<Band>, by: i64) {
+    let slot = match band {
+        Some(Band::Green) => &mut c.band_green,
+        Some(Band::Yellow) => &mut c.band_yellow,
+        Some(Band::Red) => &mut c.band_red,
+        None => return,
+    };
+    *slot = slot.saturating_add_signed(by);
+}
+
+fn dead_letter(bytes: &[u8], rej: &Rejection, source: &str, r: &crate::source::RecordMeta) -> OutboxRecord {
+    let mut headers: HashMap<String, Vec<u8>> = HashMap::new();
+    headers.insert("reason".into(), rej.reason.code().as_bytes().to_vec());
+    headers.insert("detail".into(), rej.detail.as_bytes().to_vec());
+    headers.insert("source".into(), source.as_bytes().to_vec());
+    headers.insert("partition".into(), r.partition.map_or(-1, |p| p as i32).to_string().into_bytes());
+    headers.insert("offset".into(), r.offset.to_string().into_bytes());
+    if let Some(len) = r.oversized {
+        headers.insert("original_length".into(), len.to_string().into_bytes());
+    }
+    OutboxRecord {
+        kind: OutputKind::DeadLetter as u32,
+        key: source.to_owned(),
+        payload: bytes.to_vec(),
+        headers,
+        partition: r.partition.map_or(-1, |p| p as i32),
+    }
+}

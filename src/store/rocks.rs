@@ -1,0 +1,212 @@
+//! The RocksDB store: one column family per [`Cf`], one `WriteBatch` per commit.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use rocksdb::compaction_filter::Decision;
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, IteratorMode, Options,
+    WriteBatch, WriteOptions, DB,
+};
+
+use super::keys::FORMAT_KEY;
+use super::{Cf, Op, Store, StoreError, WriteSet};
+use crate::config::StoreConfig;
+
+/// On-disk format version of the store as a whole (key layout and column families).
+pub const FORMAT_VERSION: u32 = 1;
+
+pub struct RocksStore {
+    db: DB,
+    cache: Cache,
+    write_opts: WriteOptions,
+    dedup_horizon: Arc<AtomicI32>,
+}
+
+impl RocksStore {
+    /// Opens (or creates) the store, refusing a directory written by a newer format.
+    pub fn open(cfg: &StoreConfig) -> Result<RocksStore, StoreError> {
+        Self::open_at(&cfg.data_dir, cfg)
+    }
+
+    pub fn open_at(path: &Path, cfg: &StoreConfig) -> Result<RocksStore, StoreError> {
+        std::fs::create_dir_all(path).map_err(|e| {
+            StoreError::Refused(format!(
+                "cannot create the data directory {}: {e}. Set store.data_dir (or --data-dir) to a writable directory.",
+                path.display()
+            ))
+        })?;
+        let cache = Cache::new_lru_cache(cfg.block_cache_mb.max(1) << 20);
+        let dedup_horizon = Arc::new(AtomicI32::new(i32::MIN));
+
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_max_background_jobs(2);
+        db_opts.set_keep_log_file_num(3);
+
+        let cfs = Cf::ALL.iter().map(|&cf| {
+            let mut o = Options::default();
+            let mut t = BlockBasedOptions::default();
+            t.set_block_cache(&cache);
+            t.set_cache_index_and_filter_blocks(true);
+            if matches!(cf, Cf::State | Cf::Dedup) {
+                // Most dedup lookups miss: a bloom filter answers them without reading a block.
+                t.set_bloom_filter(10.0, false);
+            }
+            o.set_block_based_table_factory(&t);
+            o.set_write_buffer_size(cfg.write_buffer_mb.max(1) << 20);
+            o.set_compression_type(DBCompressionType::Lz4);
+            o.set_bottommost_compression_type(DBCompressionType::Zstd);
+            if cf == Cf::Dedup {
+                let horizon = Arc::clone(&dedup_horizon);
+                // Marks older than the retention window can never match again; compaction
+                // drops them. The value is the event's UTC day.
+                o.set_compaction_filter("rapport-dedup-expiry", move |_lvl: u32, _k: &[u8], v: &[u8]| {
+                    let day = v.get(..4).map(|b| i32::from_le_bytes(b.try_into().unwrap()));
+                    match day {
+                        Some(d) if d < horizon.load(Ordering::Relaxed) => Decision::Remove,
+                        _ => Decision::Keep,
+                    }
+                });
+            }
+            ColumnFamilyDescriptor::new(cf.name(), o)
+        });
+        let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|e| open_error(path, e))?;
+
+        let mut write_opts = WriteOptions::default();
+        write_opts.set_sync(cfg.sync_writes);
+        let store = RocksStore { db, cache, write_opts, dedup_horizon };
+        store.check_format(path)?;
+        Ok(store)
+    }
+
+    fn check_format(&self, path: &Path) -> Result<(), StoreError> {
+        match self.get(Cf::Meta, FORMAT_KEY)? {
+            Some(v) => {
+                let found = v.get(..4).map(|b| u32::from_le_bytes(b.try_into().unwrap())).unwrap_or(0);
+                if found > FORMAT_VERSION {
+                    return Err(StoreError::Refused(format!(
+                        "the data directory {} was written by a newer rapport (store format {found}, this build reads {FORMAT_VERSION}); run the newer version, or point store.data_dir at an empty directory and run `rapport replay`.",
+                        path.display()
+                    )));
+                }
+            }
+            None => {
+                let mut w = WriteSet::default();
+                w.put(Cf::Meta, FORMAT_KEY.to_vec(), FORMAT_VERSION.to_le_bytes().to_vec());
+                self.commit(w)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(cf.name()).expect("every column family is opened")
+    }
+
+    /// Flushes memtables so that the next start need not replay the write-ahead log.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        for cf in Cf::ALL {
+            self.db.flush_cf(self.cf(cf))?;
+        }
+        Ok(())
+    }
+
+    /// Approximate live data size of a column family, bytes.
+    pub fn live_bytes(&self, cf: Cf) -> u64 {
+        self.db
+            .property_int_value_cf(self.cf(cf), "rocksdb.estimate-live-data-size")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+}
+
+fn open_error(path: &Path, e: rocksdb::Error) -> StoreError {
+    let msg = e.to_string();
+    let hint = if msg.contains("lock") {
+        "another rapport process is using it; stop that process or give this one its own --data-dir"
+    } else if msg.contains("Corruption") || msg.contains("corrupt") || msg.contains("No such file") {
+        "the store is damaged; restore the directory from a backup, or move it aside and rebuild the state with `rapport replay` from the input log"
+    } else {
+        "check that the directory is a rapport data directory on a writable disk with free space"
+    };
+    StoreError::Refused(format!("cannot open the store at {}: {msg}. {hint}.", path.display()))
+}
+
+impl Store for RocksStore {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(cf), key)?)
+    }
+
+    fn multi_get(
+        &self,
+        cf: Cf,
+        keys: &[Vec<u8>],
+        found: &mut dyn FnMut(usize, Option<&[u8]>),
+    ) -> Result<(), StoreError> {
+        let sorted = keys.windows(2).all(|w| w[0] <= w[1]);
+        let values = self.db.batched_multi_get_cf(self.cf(cf), keys.iter(), sorted);
+        for (i, v) in values.into_iter().enumerate() {
+            match v? {
+                Some(slice) => found(i, Some(&slice)),
+                None => found(i, None),
+            }
+        }
+        Ok(())
+    }
+
+    fn scan(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let it = self
+            .db
+            .iterator_cf(self.cf(cf), IteratorMode::From(from, rocksdb::Direction::Forward));
+        for item in it {
+            let (k, v) = item?;
+            if !visit(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn commit(&self, w: WriteSet) -> Result<(), StoreError> {
+        let mut b = WriteBatch::default();
+        for op in &w.ops {
+            match op {
+                Op::Put(cf, k, v) => b.put_cf(self.cf(*cf), k, v),
+                Op::Delete(cf, k) => b.delete_cf(self.cf(*cf), k),
+                Op::DeleteRange(cf, from, to) => b.delete_range_cf(self.cf(*cf), from, to),
+            }
+        }
+        self.db.write_opt(b, &self.write_opts)?;
+        Ok(())
+    }
+
+    fn set_dedup_horizon(&self, day: i32) {
+        self.dedup_horizon.store(day, Ordering::Relaxed);
+    }
+
+    fn memory_bytes(&self) -> Vec<(&'static str, u64)> {
+        let mut memtables = 0;
+        let mut readers = 0;
+        for cf in Cf::ALL {
+            let p = |name: &str| {
+                self.db.property_int_value_cf(self.cf(cf), name).ok().flatten().unwrap_or(0)
+            };
+            memtables += p("rocksdb.cur-size-all-mem-tables");
+            readers += p("rocksdb.estimate-table-readers-mem");
+        }
+        vec![
+            ("block_cache", self.cache.get_usage() as u64),
+            ("memtables", memtables),
+            ("table_readers", readers),
+        ]
+    }
+}

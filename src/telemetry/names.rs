@@ -1,0 +1,44 @@
+//! Every metric name, in one place. The README's metric table is checked against [`ALL`].
+
+/// (name, type, labels, meaning)
+pub type MetricDoc = (&'static str, &'static str, &'static str, &'static str);
+
+pub const EVENTS_IN: &str = "rapport_events_in_total";
+pub const RECORDS_IN: &str = "rapport_records_in_total";
+pub const RECORDS_REJECTED: &str = "rapport_records_rejected_total";
+pub const EVENTS_DUPLICATE: &str = "rapport_events_duplicate_total";
+pub const EVENTS_LATE: &str = "rapport_events_late_total";
+pub const BATCH_COMMIT_SECONDS: &str = "rapport_batch_commit_seconds";
+pub const BATCH_RECORDS: &str = "rapport_batch_records";
+pub const BATCH_WRITE_BYTES: &str = "rapport_batch_write_bytes";
+pub const EVENT_TIME_LAG_SECONDS: &str = "rapport_event_time_lag_seconds";
+pub const ACCOUNTS_TRACKED: &str = "rapport_accounts_tracked";
+pub const ACCOUNTS_BY_BAND: &str = "rapport_accounts_by_band";
+pub const SCORE_CHANGES: &str = "rapport_score_changes_total";
+pub const ALERTS: &str = "rapport_alerts_total";
+pub const TIMERS_FIRED: &str = "rapport_timers_fired_total";
+pub const TIMERS_SCHEDULED: &str = "rapport_timers_scheduled";
+pub const OUTBOX_DEPTH: &str = "rapport_outbox_depth";
+pub const ERRORS: &str = "rapport_errors_total";
+pub const ROCKSDB_MEMORY_BYTES: &str = "rapport_rocksdb_memory_bytes";
+
+pub const ALL: &[MetricDoc] = &[
+    (EVENTS_IN, "counter", "type", "Events folded into state, by event type."),
+    (RECORDS_IN, "counter", "", "Input records read (folded + duplicates + dead-lettered)."),
+    (RECORDS_REJECTED, "counter", "reason", "Records sent to the dead-letter output, by reason code."),
+    (EVENTS_DUPLICATE, "counter", "", "Events ignored because their event_id was already folded."),
+    (EVENTS_LATE, "counter", "", "Events behind their partition's watermark (folded, no alerts about the past)."),
+    (BATCH_COMMIT_SECONDS, "histogram", "", "Time to commit one batch to RocksDB."),
+    (BATCH_RECORDS, "histogram", "", "Records per batch."),
+    (BATCH_WRITE_BYTES, "histogram", "", "Bytes written to RocksDB per batch."),
+    (EVENT_TIME_LAG_SECONDS, "gauge", "", "Wall clock minus the newest event time processed."),
+    (ACCOUNTS_TRACKED, "gauge", "", "Accounts with state."),
+    (ACCOUNTS_BY_BAND, "gauge", "band", "Accounts by the band of their latest score (green, yellow, red)."),
+    (SCORE_CHANGES, "counter", "", "Health-score changes emitted."),
+    (ALERTS, "counter", "rule,status", "Churn alert transitions, by rule and status (open, resolved)."),
+    (TIMERS_FIRED, "counter", "", "Account timers fired (inactivity checks)."),
+    (TIMERS_SCHEDULED, "gauge", "", "Account timers waiting to fire."),
+    (OUTBOX_DEPTH, "gauge", "", "Outputs committed but not yet confirmed by the sink."),
+    (ERRORS, "counter", "stage,error_code", "Errors, by stage and a small fixed set of codes."),
+    (ROCKSDB_MEMORY_BYTES, "gauge", "kind", "RocksDB memory: block_cache, memtables, table_readers."),
+];
