@@ -285,7 +285,7 @@ pub fn inspect(cfg: &Config, account: &str, json: bool, out: &mut dyn Write) -> 
         crate::codec::time::format_rfc3339_ms(now)
     )?;
     let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED).set_header(vec!["component", "value", "weight", "reading"]);
+    t.load_style(UTF8_FULL_CONDENSED).set_header(vec!["component", "value", "weight", "reading"]);
     for (c, v) in score::COMPONENTS.iter().zip(values) {
         t.add_row(vec![
             Cell::new(c.name()),
@@ -332,7 +332,7 @@ pub fn print_summary(
     let s = summary;
     let accounted = s.folded + s.duplicates + s.dead_lettered;
     let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED).set_header(vec!["records", "count"]);
+    t.load_style(UTF8_FULL_CONDENSED).set_header(vec!["records", "count"]);
     let row = |t: &mut Table, k: &str, v: u64| {
         t.add_row(vec![Cell::new(k), Cell::new(v).set_alignment(CellAlignment::Right)]);
     };
@@ -389,7 +389,7 @@ pub fn print_summary(
         accounts.push((p, st));
     })?;
     let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED).set_header(vec!["alert rule", "opened", "resolved", "open now"]);
+    t.load_style(UTF8_FULL_CONDENSED).set_header(vec!["alert rule", "opened", "resolved", "open now"]);
     for (r, o, res) in &by_rule {
         t.add_row(vec![
             Cell::new(r.name()),
@@ -421,7 +421,7 @@ pub fn print_summary(
     if labels.is_some() {
         header.insert(1, "planted behaviour");
     }
-    t.load_preset(UTF8_FULL_CONDENSED).set_header(header);
+    t.load_style(UTF8_FULL_CONDENSED).set_header(header);
     for (p, st) in accounts.iter().filter(|(_, s)| s.scored).take(10) {
         let now = as_of(store, *p).max(st.max_event_ms);
         let drivers = current_drivers(st, now, cfg);

@@ -3,6 +3,7 @@
 //! confirmed, so outputs are at-least-once and keep their ids when repeated.
 
 pub mod file;
+pub mod kafka;
 
 use crate::pb::OutboxRecord;
 

@@ -2,6 +2,7 @@
 //! position *after* it, which the pipeline stores with the state in the same atomic write.
 
 pub mod file;
+pub mod kafka;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -48,7 +48,7 @@ struct AppState {
     health: Arc<Health>,
 }
 
-async fn metrics(State(s): State<AppState>) -> String {
+async fn render_metrics(State(s): State<AppState>) -> String {
     s.metrics.run_upkeep();
     s.metrics.render()
 }
@@ -81,7 +81,7 @@ pub fn serve(addr: SocketAddr, metrics: PrometheusHandle, health: Arc<Health>) -
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
     let app = Router::new()
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(render_metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(AppState { metrics, health });

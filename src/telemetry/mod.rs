@@ -2,6 +2,7 @@
 //! line and bumps the metrics together, once per batch), tracing setup, and the HTTP endpoint.
 
 pub mod http;
+pub mod kafka_stats;
 pub mod names;
 
 use metrics::{counter, gauge, histogram};

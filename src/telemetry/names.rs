@@ -22,6 +22,13 @@ pub const OUTBOX_DEPTH: &str = "rapport_outbox_depth";
 pub const ERRORS: &str = "rapport_errors_total";
 pub const ROCKSDB_MEMORY_BYTES: &str = "rapport_rocksdb_memory_bytes";
 
+pub const KAFKA_CONSUMER_LAG: &str = "rapport_kafka_consumer_lag";
+pub const KAFKA_BROKER_RTT_SECONDS: &str = "rapport_kafka_broker_rtt_seconds";
+pub const KAFKA_REBALANCES: &str = "rapport_kafka_rebalances_total";
+pub const KAFKA_PAUSED_PARTITIONS: &str = "rapport_kafka_paused_partitions";
+pub const KAFKA_PRODUCE_ERRORS: &str = "rapport_kafka_produce_errors_total";
+pub const KAFKA_OWNED_PARTITIONS: &str = "rapport_kafka_owned_partitions";
+
 pub const ALL: &[MetricDoc] = &[
     (EVENTS_IN, "counter", "type", "Events folded into state, by event type."),
     (RECORDS_IN, "counter", "", "Input records read (folded + duplicates + dead-lettered)."),
@@ -40,5 +47,11 @@ pub const ALL: &[MetricDoc] = &[
     (TIMERS_SCHEDULED, "gauge", "", "Account timers waiting to fire."),
     (OUTBOX_DEPTH, "gauge", "", "Outputs committed but not yet confirmed by the sink."),
     (ERRORS, "counter", "stage,error_code", "Errors, by stage and a small fixed set of codes."),
+    (KAFKA_CONSUMER_LAG, "gauge", "topic,partition", "Messages behind the end of each input partition (librdkafka statistics)."),
+    (KAFKA_BROKER_RTT_SECONDS, "gauge", "client,broker", "Average broker round-trip time."),
+    (KAFKA_REBALANCES, "counter", "", "Consumer group rebalances (assignments and revocations)."),
+    (KAFKA_PAUSED_PARTITIONS, "gauge", "", "Input partitions paused for backpressure."),
+    (KAFKA_PRODUCE_ERRORS, "counter", "", "Output records whose delivery failed and were sent again."),
+    (KAFKA_OWNED_PARTITIONS, "gauge", "", "Account partitions assigned to this instance."),
     (ROCKSDB_MEMORY_BYTES, "gauge", "kind", "RocksDB memory: block_cache, memtables, table_readers."),
 ];

@@ -1,0 +1,103 @@
+//! Times on the wire: RFC 3339 instants and `YYYY-MM-DD` days, to and from the engine's UTC
+//! milliseconds and day numbers. The calendar work is chrono's; this file only picks the formats.
+
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+
+use crate::domain::event::day_of;
+
+/// Parses an RFC 3339 time with a `Z` or numeric offset, fractional seconds allowed, into UTC
+/// milliseconds since the Unix epoch. Digits below the millisecond are dropped (floored).
+pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis())
+}
+
+/// Formats UTC milliseconds as RFC 3339 in UTC: `2026-11-20T10:15:00Z`, or
+/// `2026-11-20T10:15:00.123Z` when the milliseconds are not zero.
+///
+/// Values beyond chrono's range (about ±262,000 years) are clamped to it; `parse_rfc3339_ms`
+/// never produces them.
+pub fn format_rfc3339_ms(ms: i64) -> String {
+    let t = DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or(if ms < 0 {
+        DateTime::<Utc>::MIN_UTC
+    } else {
+        DateTime::<Utc>::MAX_UTC
+    });
+    let precision = if ms.rem_euclid(1000) == 0 { SecondsFormat::Secs } else { SecondsFormat::Millis };
+    t.to_rfc3339_opts(precision, true)
+}
+
+/// Parses a calendar day `YYYY-MM-DD` (or a full RFC 3339 time, whose UTC day is taken) into the
+/// UTC day number since the Unix epoch.
+pub fn parse_date_day(s: &str) -> Option<i32> {
+    let b = s.as_bytes();
+    // chrono's `%Y` also takes signs and longer years; the contract's dates are exactly 10 bytes
+    // with a four-digit year.
+    if b.len() == 10 && b[..4].iter().all(u8::is_ascii_digit) {
+        return NaiveDate::parse_from_str(s, "%Y-%m-%d").ok().map(|d| d.to_epoch_days());
+    }
+    parse_rfc3339_ms(s).map(day_of)
+}
+
+/// Formats a UTC day number as `YYYY-MM-DD`. Days beyond chrono's range are clamped to it.
+pub fn format_day(day: i32) -> String {
+    let d = NaiveDate::from_epoch_days(day)
+        .unwrap_or(if day < 0 { NaiveDate::MIN } else { NaiveDate::MAX });
+    d.format("%Y-%m-%d").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_utc_offsets_and_fractions() {
+        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339_ms("2026-11-20T10:15:00Z"), Some(1_795_169_700_000));
+        assert_eq!(parse_rfc3339_ms("2026-11-20T12:15:00+02:00"), Some(1_795_169_700_000));
+        assert_eq!(parse_rfc3339_ms("2026-11-20T10:15:00.123Z"), Some(1_795_169_700_123));
+        assert_eq!(parse_rfc3339_ms("2026-11-20T10:15:00.123999999Z"), Some(1_795_169_700_123));
+        assert_eq!(parse_rfc3339_ms("1969-12-31T23:59:59.5Z"), Some(-500));
+    }
+
+    #[test]
+    fn rejects_what_is_not_rfc3339() {
+        for s in ["", "yesterday", "2026-11-20", "2026-11-20T10:15:00", "2026-13-01T00:00:00Z", "1795169700000"] {
+            assert_eq!(parse_rfc3339_ms(s), None, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn formats_with_millis_only_when_needed() {
+        assert_eq!(format_rfc3339_ms(1_795_169_700_000), "2026-11-20T10:15:00Z");
+        assert_eq!(format_rfc3339_ms(1_795_169_700_123), "2026-11-20T10:15:00.123Z");
+        assert_eq!(format_rfc3339_ms(-500), "1969-12-31T23:59:59.500Z");
+        assert_eq!(format_rfc3339_ms(0), "1970-01-01T00:00:00Z");
+        // Clamped rather than panicking.
+        assert!(!format_rfc3339_ms(i64::MAX).is_empty());
+        assert!(!format_rfc3339_ms(i64::MIN).is_empty());
+    }
+
+    #[test]
+    fn rfc3339_round_trips() {
+        for ms in [0, 1, 999, 1000, -1, -1001, 1_795_169_700_123, 253_402_300_799_999] {
+            assert_eq!(parse_rfc3339_ms(&format_rfc3339_ms(ms)), Some(ms), "{ms}");
+        }
+    }
+
+    #[test]
+    fn days() {
+        assert_eq!(parse_date_day("1970-01-01"), Some(0));
+        assert_eq!(parse_date_day("1969-12-31"), Some(-1));
+        assert_eq!(parse_date_day("2027-01-31"), Some(20_849));
+        assert_eq!(parse_date_day("2027-01-31T23:30:00-01:00"), Some(20_850));
+        assert_eq!(parse_date_day("2027-02-30"), None);
+        assert_eq!(parse_date_day("+027-01-31"), None);
+        assert_eq!(parse_date_day("soon"), None);
+        assert_eq!(format_day(20_849), "2027-01-31");
+        assert_eq!(format_day(-1), "1969-12-31");
+        for d in [-719_162, -1, 0, 1, 20_849, 2_932_896] {
+            assert_eq!(parse_date_day(&format_day(d)), Some(d), "{d}");
+        }
+        assert!(!format_day(i32::MAX).is_empty());
+    }
+}

@@ -1,0 +1,185 @@
+//! Kafka as a sink: an idempotent producer (acks=all), keyed by account id with librdkafka's
+//! `murmur2_random` partitioner — the Java client's default, so keys land where a Java producer
+//! would put them.
+//!
+//! Each record carries its outbox sequence number as the delivery opaque. The delivery callback
+//! marks it done; [`Sink::confirmed`] reports the lowest sequence still outstanding, and the
+//! pipeline deletes the outbox only below it. A record whose delivery failed (after librdkafka's
+//! own retries, `message.timeout.ms`) is sent again with the same payload: outputs are
+//! at-least-once and keep their ids.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaErrorCode;
+use tracing::{info, warn};
+
+use super::{OutputKind, Sink, SinkError};
+use crate::config::Config;
+use crate::pb::OutboxRecord;
+use crate::source::kafka::{client_config, redacted};
+use crate::telemetry::kafka_stats;
+
+#[derive(Default)]
+struct Deliveries {
+    done: BTreeSet<u64>,
+    failed: BTreeSet<u64>,
+    last_error: Option<String>,
+}
+
+pub struct DeliveryContext {
+    deliveries: Arc<Mutex<Deliveries>>,
+}
+
+impl ClientContext for DeliveryContext {
+    fn stats(&self, stats: Statistics) {
+        kafka_stats::record_producer(&stats);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        kafka_stats::client_error("produce", &error, reason);
+    }
+}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Box<u64>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: Box<u64>) {
+        let mut d = self.deliveries.lock().unwrap();
+        match result {
+            Ok(_) => {
+                d.done.insert(*seq);
+            }
+            Err((e, _)) => {
+                d.failed.insert(*seq);
+                d.last_error = Some(e.to_string());
+            }
+        }
+    }
+}
+
+pub struct KafkaSink {
+    producer: BaseProducer<DeliveryContext>,
+    deliveries: Arc<Mutex<Deliveries>>,
+    topics: [String; 3],
+    /// Sent and not yet delivered, by sequence number (kept to resend on failure).
+    in_flight: BTreeMap<u64, OutboxRecord>,
+    next_seq: u64,
+}
+
+impl KafkaSink {
+    pub fn new(cfg: &Config) -> Result<KafkaSink, SinkError> {
+        let deliveries = Arc::new(Mutex::new(Deliveries::default()));
+        let mut c = client_config(cfg);
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .set("message.timeout.ms", "60000");
+        info!(settings = ?redacted(&c), "Starting the Kafka producer.");
+        let producer = c
+            .create_with_context(DeliveryContext { deliveries: Arc::clone(&deliveries) })
+            .map_err(|e| SinkError::Other(format!("cannot create the Kafka producer: {e}. Check the kafka section of the config.")))?;
+        let t = &cfg.kafka.output_topics;
+        Ok(KafkaSink {
+            producer,
+            deliveries,
+            topics: [t.health_scores.clone(), t.churn_alerts.clone(), t.dlq.clone()],
+            in_flight: BTreeMap::new(),
+            next_seq: 0,
+        })
+    }
+
+    fn produce(&mut self, seq: u64, rec: &OutboxRecord) -> Result<(), SinkError> {
+        let kind = OutputKind::from_u32(rec.kind)
+            .ok_or_else(|| SinkError::Other(format!("outbox record {seq} has unknown kind {}", rec.kind)))?;
+        let topic = &self.topics[kind as usize];
+        let mut headers = OwnedHeaders::new();
+        let mut names: Vec<&String> = rec.headers.keys().collect();
+        names.sort();
+        for k in names {
+            headers = headers.insert(Header { key: k, value: Some(&rec.headers[k]) });
+        }
+        loop {
+            let mut r = BaseRecord::with_opaque_to(topic, Box::new(seq)).payload(&rec.payload).headers(headers.clone());
+            // Dead letters keep their source partition as the key's partition when known.
+            if !rec.key.is_empty() {
+                r = r.key(&rec.key);
+            }
+            match self.producer.send(r) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    // librdkafka's queue is full: serve delivery reports until there is room.
+                    self.producer.poll(Duration::from_millis(50));
+                }
+                Err((e, _)) => {
+                    return Err(SinkError::Other(format!("cannot produce to {topic}: {e}")));
+                }
+            }
+        }
+    }
+
+    /// Serves delivery reports; resends failures. Returns the lowest undelivered sequence.
+    fn settle(&mut self) -> Result<u64, SinkError> {
+        self.producer.poll(Duration::ZERO);
+        let (done, failed, err) = {
+            let mut d = self.deliveries.lock().unwrap();
+            (std::mem::take(&mut d.done), std::mem::take(&mut d.failed), d.last_error.take())
+        };
+        for seq in done {
+            self.in_flight.remove(&seq);
+        }
+        if !failed.is_empty() {
+            kafka_stats::produce_failures(failed.len() as u64);
+            warn!(records = failed.len(), error = err.as_deref().unwrap_or(""), "Delivery to Kafka failed; sending again.");
+            for seq in failed {
+                if let Some(rec) = self.in_flight.get(&seq).cloned() {
+                    self.produce(seq, &rec)?;
+                }
+            }
+        }
+        Ok(self.in_flight.keys().next().copied().unwrap_or(self.next_seq))
+    }
+
+    /// Records handed to the producer and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+}
+
+impl Sink for KafkaSink {
+    fn send(&mut self, seq: u64, rec: &OutboxRecord) -> Result<(), SinkError> {
+        self.produce(seq, rec)?;
+        self.in_flight.insert(seq, rec.clone());
+        self.next_seq = self.next_seq.max(seq + 1);
+        Ok(())
+    }
+
+    fn confirmed(&mut self, wait: bool) -> Result<u64, SinkError> {
+        if !wait {
+            return self.settle();
+        }
+        // Waits until everything is acknowledged; a broker that stays away keeps us here,
+        // which is what a graceful shutdown must do to lose nothing (the outbox keeps the rest
+        // for the next start if the process is killed meanwhile).
+        let start = Instant::now();
+        let mut warned = false;
+        loop {
+            let c = self.settle()?;
+            if self.in_flight.is_empty() {
+                return Ok(c);
+            }
+            let _ = self.producer.flush(Duration::from_millis(500));
+            if !warned && start.elapsed() > Duration::from_secs(10) {
+                warn!(pending = self.in_flight.len(), "Waiting for Kafka to acknowledge outputs before stopping.");
+                warned = true;
+            }
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! Kafka as a source: one consumer group over the four co-partitioned input topics.
+//!
+//! Positions live in RocksDB with the state (column family `offsets`, key
+//! `kafka:<topic>:<partition>`); on assignment the consumer is positioned from there, never
+//! from the group's committed offsets. Offsets are committed to the group too, asynchronously,
+//! only so that standard lag tooling sees progress: a failed commit there is a warning.
+//!
+//! The range assignor gives every instance the same partition numbers of every input topic (the
+//! topics have the same partition count), so all of an account's events reach one instance.
+//! Rebalance callbacks run inside `poll`, on the pipeline's thread, between batches: a revoked
+//! partition's records still waiting in the batch being filled are dropped (the new owner reads
+//! them from its own stored position) and the partition stops counting as ours at once.
+//!
+//! A partition that moves to an instance without local state for it is rebuilt there from the
+//! earliest offset the topics still hold (state that follows its partitions through a changelog
+//! is the scale-out work built on top of this).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use tracing::{info, warn};
+
+use super::{InputBatch, Poll, RecordMeta, Source, SourceError};
+use crate::config::Config;
+use crate::pb::SourcePosition;
+use crate::store::{Cf, Store};
+use crate::telemetry::kafka_stats;
+
+/// The position key of a topic partition.
+pub fn position_key(topic: &str, partition: i32) -> String {
+    format!("kafka:{topic}:{partition}")
+}
+
+/// What rebalances did, shared between the consumer's callbacks and the source.
+#[derive(Default)]
+pub struct Ownership {
+    /// Partition numbers currently assigned.
+    pub owned: BTreeSet<u16>,
+    /// (topic, partition) that reached the end of the log since assignment.
+    pub at_end: HashSet<(String, i32)>,
+    /// Where each assigned (topic, partition) started: the stored position, or None (earliest).
+    pub start: HashMap<(String, i32), Option<i64>>,
+    /// Set when a revocation happened during the current poll.
+    pub revoked_since_poll: bool,
+    pub rebalances: u64,
+}
+
+pub struct RapportConsumerContext {
+    store: Arc<dyn Store>,
+    pub ownership: Arc<Mutex<Ownership>>,
+}
+
+impl ClientContext for RapportConsumerContext {
+    fn stats(&self, stats: Statistics) {
+        kafka_stats::record_consumer(&stats);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        crate::telemetry::kafka_stats::client_error("consume", &error, reason);
+    }
+}
+
+impl ConsumerContext for RapportConsumerContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                // Start every partition at the position stored with our state.
+                let mut partitions = Vec::new();
+                for e in tpl.elements() {
+                    let key = position_key(e.topic(), e.partition());
+                    let offset = match self.store.get(Cf::Offsets, key.as_bytes()) {
+                        Ok(Some(v)) => SourcePosition::decode(v.as_slice())
+                            .map(|p| Offset::Offset(p.next as i64))
+                            .unwrap_or(Offset::Beginning),
+                        _ => Offset::Beginning,
+                    };
+                    partitions.push((e.topic().to_owned(), e.partition(), offset));
+                }
+                for (t, p, o) in &partitions {
+                    let _ = tpl.set_partition_offset(t, *p, *o);
+                }
+                if let Err(e) = consumer.assign(tpl) {
+                    warn!(error = %e, "Assigning partitions failed.");
+                }
+                let mut own = self.ownership.lock().unwrap();
+                own.rebalances += 1;
+                for (t, p, o) in &partitions {
+                    own.owned.insert(*p as u16);
+                    own.at_end.remove(&(t.clone(), *p));
+                    let start = match o {
+                        Offset::Offset(n) => Some(*n),
+                        _ => None,
+                    };
+                    own.start.insert((t.clone(), *p), start);
+                }
+                let list: Vec<String> = partitions.iter().map(|(t, p, o)| format!("{t}/{p}@{o:?}")).collect();
+                info!(partitions = %list.join(", "), "Partitions assigned; resuming from the positions stored with the state.");
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let mut own = self.ownership.lock().unwrap();
+                own.rebalances += 1;
+                own.revoked_since_poll = true;
+                let revoked: BTreeSet<u16> = tpl.elements().iter().map(|e| e.partition() as u16).collect();
+                own.owned.retain(|p| !revoked.contains(p));
+                own.at_end.retain(|(_, p)| !revoked.contains(&(*p as u16)));
+                drop(own);
+                if let Err(e) = consumer.unassign() {
+                    warn!(error = %e, "Unassigning partitions failed.");
+                }
+                info!(partitions = ?revoked, "Partitions revoked; their committed state stays here.");
+            }
+            _ => {
+                warn!(error = ?err, "Rebalance error.");
+                let _ = consumer.unassign();
+                self.ownership.lock().unwrap().owned.clear();
+            }
+        }
+        crate::telemetry::kafka_stats::rebalanced();
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            // Only lag dashboards read the group's offsets; ours are in RocksDB.
+            warn!(error = %e, "Committing offsets to the consumer group failed (positions are safe in the store).");
+        }
+    }
+}
+
+/// librdkafka settings shared by consumer and producer, from the config.
+pub fn client_config(cfg: &Config) -> ClientConfig {
+    let k = &cfg.kafka;
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.brokers);
+    c.set("client.id", &k.client_id);
+    c.set("statistics.interval.ms", "5000");
+    for (key, v) in &k.client {
+        c.set(key, v);
+    }
+    c
+}
+
+/// Whether a librdkafka setting holds a secret (its value is never logged).
+pub fn is_secret(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["password", "secret", "sasl.jaas", "ssl.key", "token", "credential"].iter().any(|s| k.contains(s))
+}
+
+/// The settings as they may be logged: secret values replaced.
+pub fn redacted(c: &ClientConfig) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = c
+        .config_map()
+        .iter()
+        .map(|(k, val)| (k.to_string(), if is_secret(k) { "********".to_owned() } else { val.to_string() }))
+        .collect();
+    v.sort();
+    v
+}
+
+pub struct KafkaSource {
+    consumer: BaseConsumer<RapportConsumerContext>,
+    keys: Vec<String>,
+    index: HashMap<(String, i32), u32>,
+    topics: Vec<String>,
+    ownership: Arc<Mutex<Ownership>>,
+    /// Partitions paused for backpressure.
+    paused: bool,
+    last_group_commit: Instant,
+    /// Latest position handed out per key index, for the group commit.
+    handed: HashMap<u32, i64>,
+    last_end_check: Instant,
+}
+
+impl KafkaSource {
+    pub fn new(cfg: &Config, store: Arc<dyn Store>) -> Result<KafkaSource, SourceError> {
+        let ownership = Arc::new(Mutex::new(Ownership::default()));
+        let ctx = RapportConsumerContext { store, ownership: Arc::clone(&ownership) };
+        let mut c = client_config(cfg);
+        c.set("group.id", &cfg.kafka.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            // Same partition numbers of every input topic on one instance.
+            .set("partition.assignment.strategy", "range");
+        info!(settings = ?redacted(&c), "Starting the Kafka consumer.");
+        let consumer: BaseConsumer<RapportConsumerContext> = c
+            .create_with_context(ctx)
+            .map_err(|e| SourceError::Config(format!("cannot create the Kafka consumer: {e}. Check the kafka section of the config.")))?;
+        let topics: Vec<String> = cfg.kafka.input_topics.all().iter().map(|s| s.to_string()).collect();
+        let mut keys = Vec::new();
+        let mut index = HashMap::new();
+        for t in &topics {
+            for p in 0..cfg.engine.partitions as i32 {
+                index.insert((t.clone(), p), keys.len() as u32);
+                keys.push(position_key(t, p));
+            }
+        }
+        Ok(KafkaSource {
+            consumer,
+            keys,
+            index,
+            topics,
+            ownership,
+            paused: false,
+            last_group_commit: Instant::now(),
+            handed: HashMap::new(),
+            last_end_check: Instant::now() - Duration::from_secs(10),
+        })
+    }
+
+    pub fn ownership(&self) -> Arc<Mutex<Ownership>> {
+        Arc::clone(&self.ownership)
+    }
+
+    /// Owned partitions whose every input topic has been read to its end since assignment:
+    /// their timers may fire on the wall clock (no false "gone dark" while catching up).
+    pub fn caught_up(&mut self) -> Vec<u16> {
+        let check = self.last_end_check.elapsed() >= Duration::from_secs(1);
+        if check {
+            self.last_end_check = Instant::now();
+        }
+        let mut own = self.ownership.lock().unwrap();
+        let owned: Vec<u16> = own.owned.iter().copied().collect();
+        for p in owned {
+            for t in &self.topics {
+                let tp = (t.clone(), p as i32);
+                if own.at_end.contains(&tp) || !check {
+                    continue;
+                }
+                // A round trip to the broker, at most once a second, and only until the
+                // partition has been caught up once.
+                let Ok((low, high)) = self.consumer.fetch_watermarks(t, p as i32, Duration::from_secs(1)) else {
+                    continue;
+                };
+                if high < 0 {
+                    continue;
+                }
+                let idx = self.index.get(&tp).copied();
+                let next = idx
+                    .and_then(|i| self.handed.get(&i).copied())
+                    .or_else(|| own.start.get(&tp).copied().flatten())
+                    .unwrap_or(low);
+                if next >= high {
+                    own.at_end.insert(tp);
+                }
+            }
+        }
+        own.owned
+            .iter()
+            .copied()
+            .filter(|p| self.topics.iter().all(|t| own.at_end.contains(&(t.clone(), *p as i32))))
+            .collect()
+    }
+
+    /// Pauses or resumes every assigned partition (backpressure from the outbox).
+    pub fn set_paused(&mut self, paused: bool) {
+        if paused == self.paused {
+            return;
+        }
+        if let Ok(a) = self.consumer.assignment() {
+            let r = if paused { self.consumer.pause(&a) } else { self.consumer.resume(&a) };
+            if let Err(e) = r {
+                warn!(error = %e, "Pausing or resuming partitions failed.");
+                return;
+            }
+            crate::telemetry::kafka_stats::paused_partitions(if paused { a.count() } else { 0 });
+        }
+        self.paused = paused;
+        if paused {
+            warn!("Outbox above its high-water mark: consumption paused until the broker acknowledges outputs.");
+        } else {
+            info!("Outbox below its low-water mark: consumption resumed.");
+        }
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Commits the handed-out positions to the group (asynchronously, for lag tooling).
+    pub fn commit_to_group(&mut self, force: bool) {
+        if self.handed.is_empty() || (!force && self.last_group_commit.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        let owned = self.ownership.lock().unwrap().owned.clone();
+        for (idx, next) in &self.handed {
+            let key = &self.keys[*idx as usize];
+            let (topic, p) = split_key(key);
+            if owned.contains(&(p as u16)) {
+                let _ = tpl.add_partition_offset(topic, p, Offset::Offset(*next));
+            }
+        }
+        self.last_group_commit = Instant::now();
+        if tpl.count() > 0 {
+            let mode = if force { CommitMode::Sync } else { CommitMode::Async };
+            if let Err(e) = self.consumer.commit(&tpl, mode) {
+                warn!(error = %e, "Committing offsets to the consumer group failed (positions are safe in the store).");
+            }
+        }
+    }
+
+    /// Subscribes to the input topics.
+    pub fn subscribe(&self) -> Result<(), SourceError> {
+        let t: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        self.consumer
+            .subscribe(&t)
+            .map_err(|e| SourceError::Config(format!("cannot subscribe to {t:?}: {e}")))
+    }
+
+    /// Leaves the group cleanly.
+    pub fn close(&mut self) {
+        self.commit_to_group(true);
+        self.consumer.unsubscribe();
+    }
+}
+
+fn split_key(key: &str) -> (&str, i32) {
+    let rest = key.strip_prefix("kafka:").unwrap_or(key);
+    let (t, p) = rest.rsplit_once(':').unwrap_or((rest, "0"));
+    (t, p.parse().unwrap_or(0))
+}
+
+impl Source for KafkaSource {
+    fn sources(&self) -> &[String] {
+        &self.keys
+    }
+
+    fn resume(&mut self, _positions: &HashMap<String, u64>) -> Result<(), SourceError> {
+        // Positions are applied per partition when the group assigns them.
+        self.subscribe()
+    }
+
+    fn poll(&mut self, max: usize, wait: Duration, batch: &mut InputBatch) -> Result<Poll, SourceError> {
+        let deadline = Instant::now() + wait;
+        self.ownership.lock().unwrap().revoked_since_poll = false;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let timeout = if batch.records.is_empty() { left } else { Duration::ZERO };
+            match self.consumer.poll(timeout) {
+                None => {
+                    if !batch.records.is_empty() || Instant::now() >= deadline {
+                        break;
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => {
+                    crate::telemetry::kafka_stats::client_error("consume", &e, "poll");
+                    if batch.records.is_empty() && Instant::now() >= deadline {
+                        break;
+                    }
+                }
+                Some(Ok(m)) => {
+                    let Some(&idx) = self.index.get(&(m.topic().to_owned(), m.partition())) else {
+                        continue;
+                    };
+                    let start = batch.buf.len();
+                    let payload = m.payload().unwrap_or(&[]);
+                    batch.buf.extend_from_slice(payload);
+                    batch.records.push(RecordMeta {
+                        source: idx,
+                        offset: m.offset() as u64,
+                        next: m.offset() as u64 + 1,
+                        start,
+                        end: batch.buf.len(),
+                        partition: Some(m.partition() as u16),
+                        oversized: None,
+                    });
+                    self.handed.insert(idx, m.offset() + 1);
+                }
+            }
+            if batch.records.len() >= max {
+                break;
+            }
+        }
+        // Records of partitions revoked during this poll belong to their new owner now.
+        let own = self.ownership.lock().unwrap();
+        if own.revoked_since_poll {
+            let owned = own.owned.clone();
+            drop(own);
+            batch.records.retain(|r| r.partition.is_some_and(|p| owned.contains(&p)));
+            self.handed.retain(|idx, _| owned.contains(&(split_key(&self.keys[*idx as usize]).1 as u16)));
+        } else {
+            drop(own);
+        }
+        Ok(if batch.records.is_empty() { Poll::Idle } else { Poll::Records })
+    }
+}
