@@ -20,7 +20,10 @@ use rapport::config::Config;
 use rapport::generate::{GenSpec, Portfolio};
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn data() -> (tempfile::TempDir, PathBuf, u64) {
@@ -28,9 +31,17 @@ fn data() -> (tempfile::TempDir, PathBuf, u64) {
     let path = dir.path().join("events.ndjson");
     let accounts = env("RAPPORT_BENCH_ACCOUNTS", 100_000);
     let days = env("RAPPORT_BENCH_DAYS", 10) as u32;
-    let p = Portfolio::new(GenSpec { accounts, days, usage_per_day: 1.0, ..GenSpec::default() });
+    let p = Portfolio::new(GenSpec {
+        accounts,
+        days,
+        usage_per_day: 1.0,
+        ..GenSpec::default()
+    });
     let (n, _) = write_portfolio(&p, &path, 0).unwrap();
-    eprintln!("bench data: {n} events, {accounts} accounts, {days} days, {} bytes", std::fs::metadata(&path).unwrap().len());
+    eprintln!(
+        "bench data: {n} events, {accounts} accounts, {days} days, {} bytes",
+        std::fs::metadata(&path).unwrap().len()
+    );
     (dir, path, n)
 }
 
@@ -43,7 +54,10 @@ fn bench(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(20));
 
     g.bench_function("read_and_decode", |b| {
-        let limits = DecodeLimits { max_record_bytes: 65536, max_id_bytes: 256 };
+        let limits = DecodeLimits {
+            max_record_bytes: 65536,
+            max_id_bytes: 256,
+        };
         b.iter(|| {
             let f = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&path).unwrap());
             let mut ok = 0u64;
@@ -62,7 +76,11 @@ fn bench(c: &mut Criterion) {
             cfg.embedded.input = path.display().to_string();
             cfg.store.data_dir = dir.path().join(format!("data-{run}"));
             cfg.embedded.output_dir = dir.path().join(format!("out-{run}"));
-            let opts = RunOptions { progress: false, shutdown: Shutdown::new(), health: None };
+            let opts = RunOptions {
+                progress: false,
+                shutdown: Shutdown::new(),
+                health: None,
+            };
             let s = run_embedded(Arc::new(cfg.clone()), &opts).unwrap();
             assert_eq!(s.records, n);
             let _ = std::fs::remove_dir_all(&cfg.store.data_dir);

@@ -46,10 +46,14 @@ impl Shutdown {
         std::thread::Builder::new()
             .name("rapport-signals".into())
             .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
                 rt.block_on(async {
-                    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .expect("SIGTERM handler");
+                    let mut term =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                            .expect("SIGTERM handler");
                     tokio::select! {
                         _ = tokio::signal::ctrl_c() => {}
                         _ = term.recv() => {}
@@ -63,7 +67,10 @@ impl Shutdown {
 }
 
 pub fn wall_now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// How a run went.
@@ -87,7 +94,11 @@ pub struct RunSummary {
 
 impl RunSummary {
     pub fn events_per_second(&self) -> f64 {
-        if self.seconds > 0.0 { self.records as f64 / self.seconds } else { 0.0 }
+        if self.seconds > 0.0 {
+            self.records as f64 / self.seconds
+        } else {
+            0.0
+        }
     }
 }
 
@@ -102,10 +113,18 @@ pub struct RunOptions {
 pub fn run_embedded(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
     let store: Arc<dyn Store> = Arc::new(RocksStore::open(&cfg.store)?);
     let mut pipeline = Pipeline::open(Arc::clone(&cfg), Arc::clone(&store))?;
-    let mut source = FileSource::open(&cfg.embedded.input, cfg.embedded.follow, cfg.engine.max_record_bytes)?;
+    pipeline.set_json_only(true);
+    let mut source = FileSource::open(
+        &cfg.embedded.input,
+        cfg.embedded.follow,
+        cfg.engine.max_record_bytes,
+    )?;
     source.resume(pipeline.positions())?;
     let mut sink = FileSink::open(&cfg.embedded.output_dir)?;
-    let mut summary = RunSummary { republished: pipeline.drain_outbox(&mut sink)?, ..Default::default() };
+    let mut summary = RunSummary {
+        republished: pipeline.drain_outbox(&mut sink)?,
+        ..Default::default()
+    };
     let sources = source.sources().to_vec();
 
     let bar = if opts.progress {
@@ -181,6 +200,7 @@ pub fn run_embedded(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
         }
     }
     pipeline.finish(&mut sink)?;
+    store.flush()?;
     if let Some(h) = &opts.health {
         h.ready.store(true, Ordering::Relaxed);
     }
@@ -202,7 +222,10 @@ pub struct AccountView {
 pub fn load_account(store: &dyn Store, cfg: &Config, account: &str) -> Result<Option<AccountView>> {
     let p = partition_for(account, cfg.engine.partitions);
     match store.get(Cf::State, &state_key(p, account))? {
-        Some(v) => Ok(Some(AccountView { state: state::decode(&v)?, partition: p })),
+        Some(v) => Ok(Some(AccountView {
+            state: state::decode(&v)?,
+            partition: p,
+        })),
         None => Ok(None),
     }
 }
@@ -247,7 +270,11 @@ pub fn current_drivers(s: &AccountState, now_ms: i64, cfg: &Config) -> Vec<score
 pub fn inspect(cfg: &Config, account: &str, json: bool, out: &mut dyn Write) -> Result<bool> {
     let store = RocksStore::open(&cfg.store)?;
     let Some(view) = load_account(&store, cfg, account)? else {
-        writeln!(out, "No state for account \"{account}\" in {}.", cfg.store.data_dir.display())?;
+        writeln!(
+            out,
+            "No state for account \"{account}\" in {}.",
+            cfg.store.data_dir.display()
+        )?;
         return Ok(false);
     };
     let s = &view.state;
@@ -265,7 +292,7 @@ pub fn inspect(cfg: &Config, account: &str, json: bool, out: &mut dyn Write) -> 
             "last_emitted_score": s.scored.then_some(s.emitted_score),
             "components": score::COMPONENTS.iter().zip(values).filter_map(|(c, v)| v.map(|v| (c.name().to_owned(), serde_json::json!((v * 10.0).round() / 10.0)))).collect::<serde_json::Map<_, _>>(),
             "drivers": drivers.iter().map(|d| serde_json::json!({"signal": d.signal, "impact": d.impact, "detail": d.detail})).collect::<Vec<_>>(),
-            "open_alerts": s.open_alerts.iter().map(|a| serde_json::json!({"alert_id": a.alert_id, "rule": a.rule, "severity": a.severity, "opened_at": crate::codec::time::format_rfc3339_ms(a.opened_ms), "message": a.message})).collect::<Vec<_>>(),
+            "open_alerts": s.open_alerts.iter().map(|a| serde_json::json!({"alert_id": alert_id_of(s, a), "rule": a.rule, "severity": a.severity, "opened_at": crate::codec::time::format_rfc3339_ms(a.opened_ms), "opened_score": a.opened_score})).collect::<Vec<_>>(),
             "arr": s.arr,
             "net_revenue_retention": score::net_retention(s, now),
             "gross_revenue_retention": score::gross_retention(s, now),
@@ -285,11 +312,13 @@ pub fn inspect(cfg: &Config, account: &str, json: bool, out: &mut dyn Write) -> 
         crate::codec::time::format_rfc3339_ms(now)
     )?;
     let mut t = Table::new();
-    t.load_style(UTF8_FULL_CONDENSED).set_header(vec!["component", "value", "weight", "reading"]);
+    t.load_style(UTF8_FULL_CONDENSED)
+        .set_header(vec!["component", "value", "weight", "reading"]);
     for (c, v) in score::COMPONENTS.iter().zip(values) {
         t.add_row(vec![
             Cell::new(c.name()),
-            Cell::new(v.map_or("no data".into(), |v| format!("{v:.0}"))).set_alignment(CellAlignment::Right),
+            Cell::new(v.map_or("no data".into(), |v| format!("{v:.0}")))
+                .set_alignment(CellAlignment::Right),
             Cell::new(format!("{:.2}", c.weight(cfg))).set_alignment(CellAlignment::Right),
             Cell::new(score::explain(*c, s, now, cfg)),
         ]);
@@ -306,19 +335,29 @@ pub fn inspect(cfg: &Config, account: &str, json: bool, out: &mut dyn Write) -> 
         for a in &s.open_alerts {
             writeln!(
                 out,
-                "  [{}] {} since {}: {}  (alert_id {})",
+                "  [{}] {} since {} (score then {})  alert_id {}",
                 a.severity,
                 a.rule,
                 crate::codec::time::format_day(crate::domain::event::day_of(a.opened_ms)),
-                a.message,
-                a.alert_id
+                a.opened_score,
+                alert_id_of(s, a)
             )?;
         }
     }
     let nrr = score::net_retention(s, now).map_or("n/a".into(), |x| format!("{:.0}%", x * 100.0));
     let grr = score::gross_retention(s, now).map_or("n/a".into(), |x| format!("{:.0}%", x * 100.0));
-    writeln!(out, "ARR {}  NRR {nrr}  GRR {grr}", crate::domain::fold::money(s.arr))?;
+    writeln!(
+        out,
+        "ARR {}  NRR {nrr}  GRR {grr}",
+        crate::domain::fold::money(s.arr)
+    )?;
     Ok(true)
+}
+
+fn alert_id_of(s: &AccountState, a: &crate::pb::OpenAlert) -> String {
+    Rule::parse(&a.rule)
+        .map(|r| crate::domain::alert::alert_id(&s.account_id, r, a.episode_start_ms))
+        .unwrap_or_default()
 }
 
 /// Prints the accounting, throughput, alerts and the most at-risk accounts.
@@ -332,9 +371,13 @@ pub fn print_summary(
     let s = summary;
     let accounted = s.folded + s.duplicates + s.dead_lettered;
     let mut t = Table::new();
-    t.load_style(UTF8_FULL_CONDENSED).set_header(vec!["records", "count"]);
+    t.load_style(UTF8_FULL_CONDENSED)
+        .set_header(vec!["records", "count"]);
     let row = |t: &mut Table, k: &str, v: u64| {
-        t.add_row(vec![Cell::new(k), Cell::new(v).set_alignment(CellAlignment::Right)]);
+        t.add_row(vec![
+            Cell::new(k),
+            Cell::new(v).set_alignment(CellAlignment::Right),
+        ]);
     };
     row(&mut t, "read", s.records);
     row(&mut t, "folded into state", s.folded);
@@ -353,7 +396,11 @@ pub fn print_summary(
         s.folded,
         s.duplicates,
         s.dead_lettered,
-        if accounted == s.records { "✓" } else { "✗ MISMATCH" }
+        if accounted == s.records {
+            "✓"
+        } else {
+            "✗ MISMATCH"
+        }
     )?;
     writeln!(
         out,
@@ -389,13 +436,19 @@ pub fn print_summary(
         accounts.push((p, st));
     })?;
     let mut t = Table::new();
-    t.load_style(UTF8_FULL_CONDENSED).set_header(vec!["alert rule", "opened", "resolved", "open now"]);
+    t.load_style(UTF8_FULL_CONDENSED).set_header(vec![
+        "alert rule",
+        "opened",
+        "resolved",
+        "open now",
+    ]);
     for (r, o, res) in &by_rule {
         t.add_row(vec![
             Cell::new(r.name()),
             Cell::new(o).set_alignment(CellAlignment::Right),
             Cell::new(res).set_alignment(CellAlignment::Right),
-            Cell::new(open_now.get(r.name()).copied().unwrap_or(0)).set_alignment(CellAlignment::Right),
+            Cell::new(open_now.get(r.name()).copied().unwrap_or(0))
+                .set_alignment(CellAlignment::Right),
         ]);
     }
     writeln!(out, "\nChurn alerts")?;
@@ -417,7 +470,13 @@ pub fn print_summary(
             .then(a.1.account_id.cmp(&b.1.account_id))
     });
     let mut t = Table::new();
-    let mut header = vec!["account", "score", "band", "open alerts", "top drivers (points)"];
+    let mut header = vec![
+        "account",
+        "score",
+        "band",
+        "open alerts",
+        "top drivers (points)",
+    ];
     if labels.is_some() {
         header.insert(1, "planted behaviour");
     }
@@ -435,7 +494,11 @@ pub fn print_summary(
             Cell::new(&st.account_id),
             Cell::new(st.current_score).set_alignment(CellAlignment::Right),
             Cell::new(Band::of(st.current_score, &cfg.scorecard.bands).as_str()),
-            Cell::new(if alerts.is_empty() { "—".to_owned() } else { alerts.join(", ") }),
+            Cell::new(if alerts.is_empty() {
+                "—".to_owned()
+            } else {
+                alerts.join(", ")
+            }),
             Cell::new(top.join("\n")),
         ];
         if let Some(l) = labels {
@@ -461,7 +524,10 @@ pub fn replay(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
     c.embedded.follow = false;
     let summary = run_embedded(Arc::new(c), opts)?;
     if summary.stopped_by_signal {
-        bail!("replay interrupted; the live store at {} is unchanged", live.display());
+        bail!(
+            "replay interrupted; the live store at {} is unchanged",
+            live.display()
+        );
     }
     let previous = sibling(&live, "previous");
     if previous.exists() {
@@ -475,7 +541,10 @@ pub fn replay(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
 }
 
 fn sibling(dir: &Path, suffix: &str) -> PathBuf {
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".into());
     dir.with_file_name(format!("{name}.{suffix}"))
 }
 

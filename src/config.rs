@@ -16,7 +16,10 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}. Check the path given to --config.")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Parse(String),
     #[error("invalid configuration: {0}")]
@@ -139,6 +142,8 @@ pub struct EngineConfig {
 pub struct Scorecard {
     /// Emit a score change when the score moves at least this many points or changes band.
     pub min_score_delta: u32,
+    /// An account is scored once this many components have data.
+    pub min_components: u32,
     pub bands: Bands,
     pub components: Components,
 }
@@ -362,7 +367,9 @@ pub struct TelemetryConfig {
 impl Config {
     /// The compiled-in defaults.
     pub fn defaults() -> Config {
-        Self::figment(None).extract().expect("config/default.toml is valid")
+        Self::figment(None)
+            .extract()
+            .expect("config/default.toml is valid")
     }
 
     fn figment(file: Option<&Path>) -> Figment {
@@ -383,8 +390,13 @@ impl Config {
         }
         let cfg: Config = Self::figment(file).extract().map_err(|e| {
             let where_ = file.map(|p| format!(" in {}", p.display())).unwrap_or_default();
+            // figment prefixes key paths with its profile name ("default."), which is not a
+            // key anyone wrote.
+            let path: Vec<&str> = e.path.iter().map(String::as_str).filter(|p| *p != "default").collect();
+            let key = if path.is_empty() { String::new() } else { format!(" at `{}`", path.join(".")) };
             ConfigError::Parse(format!(
-                "configuration error{where_}: {e}. Compare with config/default.toml, which lists every key."
+                "configuration error{where_}{key}: {}. Compare with config/default.toml, which lists every key.",
+                e.kind
             ))
         })?;
         cfg.validate()?;
@@ -424,6 +436,12 @@ impl Config {
                 b.yellow, b.green
             ));
         }
+        if self.scorecard.min_components == 0 || self.scorecard.min_components > 7 {
+            return bad(format!(
+                "scorecard.min_components is {}; it must be between 1 and 7 (the number of components).",
+                self.scorecard.min_components
+            ));
+        }
         if c.recency.full_days >= c.recency.zero_days {
             return bad(format!(
                 "scorecard.components.recency.full_days ({}) must be less than zero_days ({}).",
@@ -431,13 +449,19 @@ impl Config {
             ));
         }
         if c.usage_frequency.target_active_days == 0 || c.usage_frequency.target_active_days > 28 {
-            return bad("scorecard.components.usage_frequency.target_active_days must be between 1 and 28.".into());
+            return bad(
+                "scorecard.components.usage_frequency.target_active_days must be between 1 and 28."
+                    .into(),
+            );
         }
         if c.adoption.target_users == 0 || c.adoption.target_features == 0 {
             return bad("scorecard.components.adoption targets must be at least 1.".into());
         }
         if !(c.email_engagement.target_engagement_rate > 0.0) {
-            return bad("scorecard.components.email_engagement.target_engagement_rate must be above 0.".into());
+            return bad(
+                "scorecard.components.email_engagement.target_engagement_rate must be above 0."
+                    .into(),
+            );
         }
         let a = &self.alerts;
         let u = &a.usage_drop;
@@ -491,7 +515,9 @@ impl Config {
             let inputs = k.input_topics.all();
             for (i, t) in inputs.iter().enumerate() {
                 if t.is_empty() || inputs[..i].contains(t) {
-                    return bad(format!("kafka.input_topics must name four different, non-empty topics; \"{t}\" is empty or repeated."));
+                    return bad(format!(
+                        "kafka.input_topics must name four different, non-empty topics; \"{t}\" is empty or repeated."
+                    ));
                 }
             }
             if !(k.outbox_low_water < k.outbox_high_water) {
@@ -502,17 +528,30 @@ impl Config {
             }
         }
         if !matches!(k.output_format.as_str(), "json" | "protobuf") {
-            return bad(format!("kafka.output_format is \"{}\"; use \"json\" or \"protobuf\".", k.output_format));
+            return bad(format!(
+                "kafka.output_format is \"{}\"; use \"json\" or \"protobuf\".",
+                k.output_format
+            ));
         }
         for key in k.client.keys() {
-            if matches!(key.as_str(), "group.id" | "bootstrap.servers" | "enable.auto.commit" | "enable.auto.offset.store") {
+            if matches!(
+                key.as_str(),
+                "group.id"
+                    | "bootstrap.servers"
+                    | "enable.auto.commit"
+                    | "enable.auto.offset.store"
+            ) {
                 return bad(format!(
                     "kafka.client.\"{key}\" is set by rapport itself; use the kafka section's own keys (brokers, group_id) instead."
                 ));
             }
         }
         if !self.telemetry.listen.is_empty()
-            && self.telemetry.listen.parse::<std::net::SocketAddr>().is_err()
+            && self
+                .telemetry
+                .listen
+                .parse::<std::net::SocketAddr>()
+                .is_err()
         {
             return bad(format!(
                 "telemetry.listen is \"{}\", which is not an address such as 127.0.0.1:9464 (or \"\" to disable).",
@@ -547,25 +586,33 @@ mod tests {
 
     #[test]
     fn weights_must_sum_to_one() {
-        let e = with("[scorecard.components.recency]\nweight = 0.5\n").unwrap_err().to_string();
+        let e = with("[scorecard.components.recency]\nweight = 0.5\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("sum to 1.400"), "{e}");
     }
 
     #[test]
     fn bands_must_be_ordered() {
-        let e = with("[scorecard.bands]\ngreen = 30\n").unwrap_err().to_string();
+        let e = with("[scorecard.bands]\ngreen = 30\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("yellow < green"), "{e}");
     }
 
     #[test]
     fn wrong_type_names_the_key() {
-        let e = with("[engine]\npartitions = \"many\"\n").unwrap_err().to_string();
+        let e = with("[engine]\npartitions = \"many\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("partitions"), "{e}");
     }
 
     #[test]
     fn missing_file_names_the_path() {
-        let e = Config::load(Some(Path::new("/nonexistent/rapport.toml"))).unwrap_err().to_string();
+        let e = Config::load(Some(Path::new("/nonexistent/rapport.toml")))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/nonexistent/rapport.toml"), "{e}");
     }
 }

@@ -28,8 +28,8 @@ use crate::pb::{AccountState, Counters, OutboxRecord, PartitionClock, SourcePosi
 use crate::sink::{OutputKind, Sink, SinkError};
 use crate::source::InputBatch;
 use crate::store::keys::{
-    self, COUNTERS_KEY, PARTITIONS_KEY, clock_key, dedup_key, outbox_key, parse_outbox_key,
-    parse_timer_key, state_key, timer_key,
+    self, COUNTERS_KEY, OUTBOX_NEXT_KEY, PARTITIONS_KEY, clock_key, dedup_key, outbox_key,
+    parse_outbox_key, parse_timer_key, state_key, timer_key,
 };
 use crate::store::{Cf, Store, StoreError, WriteSet};
 
@@ -79,6 +79,8 @@ pub struct Pipeline {
     store: Arc<dyn Store>,
     limits: DecodeLimits,
     format: OutputFormat,
+    /// Input records are JSON only (NDJSON files); otherwise the format is detected per record.
+    json_only: bool,
     /// Stream time (max event time) per account partition; 0 before the first event.
     clocks: Vec<i64>,
     /// Due timers per partition, in (due, account) order — the in-memory copy of `timers`.
@@ -118,14 +120,16 @@ impl Pipeline {
             }
             None => {
                 let mut w = WriteSet::default();
-                w.put(Cf::Meta, PARTITIONS_KEY.to_vec(), n.to_le_bytes().to_vec());
-                store.commit(w)?;
+                w.put(Cf::Meta, PARTITIONS_KEY, &n.to_le_bytes());
+                store.commit(&w)?;
             }
         }
         let mut clocks = vec![0i64; n as usize];
         for (p, c) in clocks.iter_mut().enumerate() {
             if let Some(v) = store.get(Cf::Meta, &clock_key(p as u16))? {
-                *c = PartitionClock::decode(v.as_slice()).map(|c| c.stream_time_ms).unwrap_or(0);
+                *c = PartitionClock::decode(v.as_slice())
+                    .map(|c| c.stream_time_ms)
+                    .unwrap_or(0);
             }
         }
         let counters = match store.get(Cf::Meta, COUNTERS_KEY)? {
@@ -156,7 +160,16 @@ impl Pipeline {
             }
             true
         })?;
-        let next_seq = last.map_or(0, |l| l + 1);
+        // Sequence numbers never go back, even when the outbox is empty: a sink may still hold
+        // the numbers it was given before a restart.
+        let stored_next = store
+            .get(Cf::Meta, OUTBOX_NEXT_KEY)?
+            .and_then(|v| {
+                v.get(..8)
+                    .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+            })
+            .unwrap_or(0);
+        let next_seq = last.map_or(0, |l| l + 1).max(stored_next);
         let confirmed = first.unwrap_or(next_seq);
         Ok(Pipeline {
             limits: DecodeLimits {
@@ -164,6 +177,7 @@ impl Pipeline {
                 max_id_bytes: cfg.engine.max_id_bytes,
             },
             format: OutputFormat::Json,
+            json_only: false,
             cfg,
             store,
             clocks,
@@ -178,6 +192,12 @@ impl Pipeline {
 
     pub fn set_output_format(&mut self, f: OutputFormat) {
         self.format = f;
+    }
+
+    /// Treats every input record as JSON (NDJSON files), so that text that is not JSON is
+    /// reported as `not_json` rather than as a bad protobuf message.
+    pub fn set_json_only(&mut self, yes: bool) {
+        self.json_only = yes;
     }
 
     /// Stored input positions, by source key.
@@ -228,8 +248,12 @@ impl Pipeline {
     fn flush_deletes(&mut self) -> Result<(), PipelineError> {
         if self.confirmed > self.delete_from {
             let mut w = WriteSet::default();
-            w.delete_range(Cf::Outbox, outbox_key(self.delete_from), outbox_key(self.confirmed));
-            self.store.commit(w)?;
+            w.delete_range(
+                Cf::Outbox,
+                &outbox_key(self.delete_from),
+                &outbox_key(self.confirmed),
+            );
+            self.store.commit(&w)?;
             self.delete_from = self.confirmed;
         }
         Ok(())
@@ -246,7 +270,10 @@ impl Pipeline {
     ) -> Result<BatchReport, PipelineError> {
         let cfg = Arc::clone(&self.cfg);
         let n = cfg.engine.partitions;
-        let mut report = BatchReport { records: batch.records.len() as u64, ..Default::default() };
+        let mut report = BatchReport {
+            records: batch.records.len() as u64,
+            ..Default::default()
+        };
 
         // 1. Decode every record.
         let decoded: Vec<Result<(Event, u16), Rejection>> = batch
@@ -262,7 +289,13 @@ impl Pipeline {
                         ),
                     });
                 }
-                let ev = crate::codec::decode(batch.bytes(r), &self.limits)?;
+                let bytes = batch.bytes(r);
+                // A line of an NDJSON file is JSON or nothing; Kafka records may be protobuf.
+                let ev = if self.json_only {
+                    crate::codec::json::decode_json(bytes, &self.limits)?
+                } else {
+                    crate::codec::decode(bytes, &self.limits)?
+                };
                 let p = r.partition.unwrap_or_else(|| keys::partition_for(&ev.account_id, n));
                 Ok((ev, p))
             })
@@ -275,15 +308,20 @@ impl Pipeline {
             dkeys.push(dedup_key(*p, &ev.account_id, &ev.event_id));
             skeys.push(state_key(*p, &ev.account_id));
         }
-        let event_dkeys = dkeys.clone();
-        dkeys.sort_unstable();
-        dkeys.dedup();
+        // Each event's dedup key, in event order; the lookup needs them sorted and unique.
+        let mut sorted: Vec<Vec<u8>> = dkeys.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let event_dkeys = dkeys;
         skeys.sort_unstable();
         skeys.dedup();
-        let mut marks: HashMap<Vec<u8>, i32> = HashMap::with_capacity(dkeys.len());
-        self.store.multi_get(Cf::Dedup, &dkeys, &mut |i, v| {
+        let mut marks: HashMap<&[u8], i32> = HashMap::with_capacity(sorted.len());
+        self.store.multi_get(Cf::Dedup, &sorted, &mut |i, v| {
             if let Some(v) = v.and_then(|v| v.get(..4)) {
-                marks.insert(dkeys[i].clone(), i32::from_le_bytes(v.try_into().unwrap()));
+                marks.insert(
+                    sorted[i].as_slice(),
+                    i32::from_le_bytes(v.try_into().unwrap()),
+                );
             }
         })?;
         let mut entries: HashMap<Vec<u8>, Entry> = HashMap::with_capacity(skeys.len());
@@ -305,22 +343,30 @@ impl Pipeline {
         }
 
         // 3. Fold and evaluate, record by record, in input order.
+        // Outputs in the order they happen (dead letters, score changes, alerts interleaved), so
+        // the published sequence does not depend on where batches begin and end.
         let mut outbox: Vec<OutboxRecord> = Vec::new();
-        let mut outputs: Vec<(u16, Output)> = Vec::new();
-        let mut new_marks: Vec<(Vec<u8>, i32)> = Vec::new();
-        let mut seen: HashSet<&[u8]> = HashSet::new();
+        let mut new_marks: Vec<(usize, i32)> = Vec::new();
+        let mut seen: HashMap<&[u8], i32> = HashMap::new();
         let mut clocks_dirty: HashSet<u16> = HashSet::new();
         let mut last_pos: HashMap<u32, u64> = HashMap::new();
         let lateness = cfg.engine.allowed_lateness_secs as i64 * 1000;
         let retention = cfg.engine.dedup_retention_days as i32;
         let mut ev_i = 0;
+        let mut key_buf: Vec<u8> = Vec::with_capacity(64);
+        let mut outs = Vec::new();
         for (r, d) in batch.records.iter().zip(&decoded) {
             last_pos.insert(r.source, r.next);
             let (ev, p) = match d {
                 Err(rej) => {
                     report.dead_lettered += 1;
                     *report.rejected_by_reason.entry(rej.reason).or_default() += 1;
-                    outbox.push(dead_letter(batch.bytes(r), rej, &sources[r.source as usize], r));
+                    outbox.push(dead_letter(
+                        batch.bytes(r),
+                        rej,
+                        &sources[r.source as usize],
+                        r,
+                    ));
                     continue;
                 }
                 Ok((ev, p)) => (ev, *p),
@@ -329,16 +375,22 @@ impl Pipeline {
             ev_i += 1;
             let stream = self.clocks[p as usize].max(ev.occurred_at_ms);
             let horizon = day_of(stream) - retention;
-            let dup_stored = marks.get(dkey).is_some_and(|&day| day >= horizon);
-            if dup_stored || !seen.insert(dkey.as_slice()) {
+            // The latest mark of this id: from earlier in this batch, else from the store. The
+            // same retention rule applies to both, so batching cannot change the verdict.
+            let prior = seen
+                .get(dkey.as_slice())
+                .or_else(|| marks.get(dkey.as_slice()))
+                .copied();
+            if prior.is_some_and(|day| day >= horizon) {
                 report.duplicates += 1;
                 continue;
             }
-            new_marks.push((dkey.clone(), day_of(ev.occurred_at_ms)));
+            seen.insert(dkey.as_slice(), day_of(ev.occurred_at_ms));
+            new_marks.push((ev_i - 1, day_of(ev.occurred_at_ms)));
 
             // Timers due before this event fire first: event time, as the log says.
             if cfg.engine.timer_clock == TimerClock::Event {
-                self.fire_timers(p, stream, &mut entries, &mut outputs, &mut report)?;
+                self.fire_timers(p, stream, &mut entries, &mut outbox, &mut report)?;
             }
             if stream != self.clocks[p as usize] {
                 self.clocks[p as usize] = stream;
@@ -346,94 +398,90 @@ impl Pipeline {
             }
             let late = ev.occurred_at_ms < stream - lateness;
             report.late += late as u64;
-            let key = state_key(p, &ev.account_id);
-            let e = entries.entry(key).or_insert_with(|| Entry {
-                state: state::new_state(&ev.account_id, ev.occurred_at_ms),
-                partition: p,
-                stored_timer: 0,
-                band_before: None,
-                existed: false,
-                dirty: false,
-            });
+            key_buf.clear();
+            key_buf.extend_from_slice(&p.to_be_bytes());
+            key_buf.extend_from_slice(ev.account_id.as_bytes());
+            if !entries.contains_key(key_buf.as_slice()) {
+                entries.insert(
+                    key_buf.clone(),
+                    Entry {
+                        state: state::new_state(&ev.account_id, ev.occurred_at_ms),
+                        partition: p,
+                        stored_timer: 0,
+                        band_before: None,
+                        existed: false,
+                        dirty: false,
+                    },
+                );
+            }
+            let e = entries.get_mut(key_buf.as_slice()).expect("present");
             fold(&mut e.state, ev, late, &cfg);
-            let mut outs = Vec::new();
             let next = evaluate(&mut e.state, stream, &cfg, &mut outs);
             e.dirty = true;
             reschedule(&mut self.timers[p as usize], e, next);
-            outputs.extend(outs.into_iter().map(|o| (p, o)));
+            for o in outs.drain(..) {
+                self.emit(p, o, &mut outbox, &mut report);
+            }
             report.folded += 1;
             report.by_type[type_index(ev)] += 1;
         }
         if cfg.engine.timer_clock == TimerClock::Wall {
             if let Some(now) = wall_now_ms {
                 for p in 0..n {
-                    self.fire_timers(p, now, &mut entries, &mut outputs, &mut report)?;
+                    self.fire_timers(p, now, &mut entries, &mut outbox, &mut report)?;
                 }
             }
         }
 
-        // 4. Outputs into the outbox, in the order they happened.
-        let mut payload = Vec::new();
-        for (p, o) in &outputs {
-            payload.clear();
-            let (kind, account) = match o {
-                Output::Score(c) => {
-                    report.scores += 1;
-                    encode_score(c, self.format, &mut payload);
-                    (OutputKind::HealthScore, &c.account_id)
-                }
-                Output::Alert(a) => {
-                    *report.alerts.entry((a.rule.name(), a.status.as_str())).or_default() += 1;
-                    match a.status {
-                        AlertStatus::Open => self.counters.alerts_opened += 1,
-                        AlertStatus::Resolved => self.counters.alerts_resolved += 1,
-                    }
-                    encode_alert(a, self.format, &mut payload);
-                    (OutputKind::ChurnAlert, &a.account_id)
-                }
-            };
-            outbox.push(OutboxRecord {
-                kind: kind as u32,
-                key: account.clone(),
-                payload: payload.clone(),
-                headers: HashMap::new(),
-                partition: *p as i32,
-            });
-        }
-
         // 5. One atomic write.
         let mut w = WriteSet::default();
-        let mut buf = Vec::new();
-        for (key, e) in entries.iter_mut().filter(|(_, e)| e.dirty) {
-            state::encode(&e.state, &mut buf);
-            w.put(Cf::State, key.clone(), buf.clone());
+        for (key, e) in entries.iter().filter(|(_, e)| e.dirty) {
+            w.put_with(Cf::State, key, |buf| {
+                e.state.encode(buf).expect("Vec grows")
+            });
             if e.state.timer_due_ms != e.stored_timer {
                 if e.stored_timer != 0 {
-                    w.delete(Cf::Timers, timer_key(e.partition, e.stored_timer, &e.state.account_id));
+                    w.delete(
+                        Cf::Timers,
+                        &timer_key(e.partition, e.stored_timer, &e.state.account_id),
+                    );
                 }
                 if e.state.timer_due_ms != 0 {
-                    w.put(Cf::Timers, timer_key(e.partition, e.state.timer_due_ms, &e.state.account_id), Vec::new());
+                    w.put(
+                        Cf::Timers,
+                        &timer_key(e.partition, e.state.timer_due_ms, &e.state.account_id),
+                        &[],
+                    );
                 }
             }
             if !e.existed {
                 self.counters.accounts += 1;
             }
-            let after = e.state.scored.then(|| Band::of(e.state.emitted_score, &cfg.scorecard.bands));
+            let after = e
+                .state
+                .scored
+                .then(|| Band::of(e.state.emitted_score, &cfg.scorecard.bands));
             if after != e.band_before {
                 bump_band(&mut self.counters, e.band_before, -1);
                 bump_band(&mut self.counters, after, 1);
             }
         }
-        for (k, day) in new_marks {
-            w.put(Cf::Dedup, k, day.to_le_bytes().to_vec());
+        for (i, day) in new_marks {
+            w.put(Cf::Dedup, &event_dkeys[i], &day.to_le_bytes());
         }
         for p in &clocks_dirty {
-            let c = PartitionClock { stream_time_ms: self.clocks[*p as usize] };
-            w.put(Cf::Meta, clock_key(*p), c.encode_to_vec());
+            let c = PartitionClock {
+                stream_time_ms: self.clocks[*p as usize],
+            };
+            w.put(Cf::Meta, &clock_key(*p), &c.encode_to_vec());
         }
         for (src, next) in &last_pos {
             let key = &sources[*src as usize];
-            w.put(Cf::Offsets, key.as_bytes().to_vec(), SourcePosition { next: *next }.encode_to_vec());
+            w.put(
+                Cf::Offsets,
+                key.as_bytes(),
+                &SourcePosition { next: *next }.encode_to_vec(),
+            );
             self.positions.insert(key.clone(), *next);
         }
         self.counters.records_in += report.records;
@@ -442,17 +490,28 @@ impl Pipeline {
         self.counters.dead_lettered += report.dead_lettered;
         self.counters.scores_emitted += report.scores;
         self.counters.timers_fired += report.timers_fired;
-        w.put(Cf::Meta, COUNTERS_KEY.to_vec(), self.counters.encode_to_vec());
+        w.put(Cf::Meta, COUNTERS_KEY, &self.counters.encode_to_vec());
         let first_seq = self.next_seq;
         for (i, rec) in outbox.iter().enumerate() {
-            w.put(Cf::Outbox, outbox_key(first_seq + i as u64), rec.encode_to_vec());
+            w.put_with(Cf::Outbox, &outbox_key(first_seq + i as u64), |buf| {
+                rec.encode(buf).expect("Vec grows")
+            });
         }
         if self.confirmed > self.delete_from {
-            w.delete_range(Cf::Outbox, outbox_key(self.delete_from), outbox_key(self.confirmed));
+            w.delete_range(
+                Cf::Outbox,
+                &outbox_key(self.delete_from),
+                &outbox_key(self.confirmed),
+            );
         }
-        report.write_bytes = w.bytes;
+        w.put(
+            Cf::Meta,
+            OUTBOX_NEXT_KEY,
+            &(first_seq + outbox.len() as u64).to_le_bytes(),
+        );
+        report.write_bytes = w.bytes();
         let t0 = Instant::now();
-        self.store.commit(w)?;
+        self.store.commit(&w)?;
         report.commit_seconds = t0.elapsed().as_secs_f64();
         self.delete_from = self.confirmed;
         self.next_seq += outbox.len() as u64;
@@ -463,9 +522,47 @@ impl Pipeline {
         }
         self.confirmed = self.confirmed.max(sink.confirmed(false)?);
         if let Some(min_clock) = self.clocks.iter().filter(|&&c| c > 0).min() {
-            self.store.set_dedup_horizon(day_of(*min_clock) - retention - 1);
+            self.store
+                .set_dedup_horizon(day_of(*min_clock) - retention - 1);
         }
         Ok(report)
+    }
+
+    /// Encodes one engine output into an outbox record.
+    fn emit(
+        &mut self,
+        p: u16,
+        o: Output,
+        outbox: &mut Vec<OutboxRecord>,
+        report: &mut BatchReport,
+    ) {
+        let mut payload = Vec::with_capacity(512);
+        let (kind, account) = match o {
+            Output::Score(c) => {
+                report.scores += 1;
+                encode_score(&c, self.format, &mut payload);
+                (OutputKind::HealthScore, c.account_id)
+            }
+            Output::Alert(a) => {
+                *report
+                    .alerts
+                    .entry((a.rule.name(), a.status.as_str()))
+                    .or_default() += 1;
+                match a.status {
+                    AlertStatus::Open => self.counters.alerts_opened += 1,
+                    AlertStatus::Resolved => self.counters.alerts_resolved += 1,
+                }
+                encode_alert(&a, self.format, &mut payload);
+                (OutputKind::ChurnAlert, a.account_id)
+            }
+        };
+        outbox.push(OutboxRecord {
+            kind: kind as u32,
+            key: account,
+            payload,
+            headers: HashMap::new(),
+            partition: p as i32,
+        });
     }
 
     /// Fires partition `p`'s timers due at or before `up_to`, in (due, account) order.
@@ -474,20 +571,26 @@ impl Pipeline {
         p: u16,
         up_to: i64,
         entries: &mut HashMap<Vec<u8>, Entry>,
-        outputs: &mut Vec<(u16, Output)>,
+        outbox: &mut Vec<OutboxRecord>,
         report: &mut BatchReport,
     ) -> Result<(), PipelineError> {
         loop {
-            let Some((due, acct)) = self.timers[p as usize].first().cloned() else { break };
+            let Some((due, acct)) = self.timers[p as usize].first().cloned() else {
+                break;
+            };
             if due > up_to {
                 break;
             }
             self.timers[p as usize].pop_first();
             let key = state_key(p, &acct);
             if !entries.contains_key(&key) {
-                let Some(v) = self.store.get(Cf::State, &key)? else { continue };
-                let s = state::decode(&v)
-                    .map_err(|source| PipelineError::State { account: acct.clone(), source })?;
+                let Some(v) = self.store.get(Cf::State, &key)? else {
+                    continue;
+                };
+                let s = state::decode(&v).map_err(|source| PipelineError::State {
+                    account: acct.clone(),
+                    source,
+                })?;
                 entries.insert(key.clone(), entry_of(s, p, &self.cfg, true));
             }
             let e = entries.get_mut(&key).expect("just inserted");
@@ -499,7 +602,9 @@ impl Pipeline {
             let next = evaluate(&mut e.state, due, &self.cfg, &mut outs);
             e.dirty = true;
             reschedule(&mut self.timers[p as usize], e, next);
-            outputs.extend(outs.into_iter().map(|o| (p, o)));
+            for o in outs {
+                self.emit(p, o, outbox, report);
+            }
             report.timers_fired += 1;
         }
         Ok(())
@@ -514,7 +619,9 @@ impl Pipeline {
 fn entry_of(s: AccountState, p: u16, cfg: &Config, existed: bool) -> Entry {
     Entry {
         stored_timer: s.timer_due_ms,
-        band_before: s.scored.then(|| Band::of(s.emitted_score, &cfg.scorecard.bands)),
+        band_before: s
+            .scored
+            .then(|| Band::of(s.emitted_score, &cfg.scorecard.bands)),
         state: s,
         partition: p,
         existed,
@@ -522,13 +629,17 @@ fn entry_of(s: AccountState, p: u16, cfg: &Config, existed: bool) -> Entry {
     }
 }
 
+/// Sets the account's timer to `next`, lazily: an earlier timer already set is kept, since firing
+/// early only re-evaluates the account (and reschedules it) — which saves moving the timer on
+/// every event of a busy account.
 fn reschedule(timers: &mut BTreeSet<(i64, String)>, e: &mut Entry, next: Option<i64>) {
-    let next = next.unwrap_or(0);
-    if next == e.state.timer_due_ms {
+    let current = e.state.timer_due_ms;
+    if current != 0 && next.is_none_or(|n| current <= n) {
         return;
     }
-    if e.state.timer_due_ms != 0 {
-        timers.remove(&(e.state.timer_due_ms, e.state.account_id.clone()));
+    let next = next.unwrap_or(0);
+    if current != 0 {
+        timers.remove(&(current, e.state.account_id.clone()));
     }
     if next != 0 {
         timers.insert((next, e.state.account_id.clone()));
@@ -546,12 +657,23 @@ fn bump_band(c: &mut Counters, band: Option<Band>, by: i64) {
     *slot = slot.saturating_add_signed(by);
 }
 
-fn dead_letter(bytes: &[u8], rej: &Rejection, source: &str, r: &crate::source::RecordMeta) -> OutboxRecord {
+fn dead_letter(
+    bytes: &[u8],
+    rej: &Rejection,
+    source: &str,
+    r: &crate::source::RecordMeta,
+) -> OutboxRecord {
     let mut headers: HashMap<String, Vec<u8>> = HashMap::new();
     headers.insert("reason".into(), rej.reason.code().as_bytes().to_vec());
     headers.insert("detail".into(), rej.detail.as_bytes().to_vec());
     headers.insert("source".into(), source.as_bytes().to_vec());
-    headers.insert("partition".into(), r.partition.map_or(-1, |p| p as i32).to_string().into_bytes());
+    headers.insert(
+        "partition".into(),
+        r.partition
+            .map_or(-1, |p| p as i32)
+            .to_string()
+            .into_bytes(),
+    );
     headers.insert("offset".into(), r.offset.to_string().into_bytes());
     if let Some(len) = r.oversized {
         headers.insert("original_length".into(), len.to_string().into_bytes());

@@ -67,6 +67,9 @@ impl Sink for VecSink {
         Ok(())
     }
     fn confirmed(&mut self, _wait: bool) -> Result<u64, SinkError> {
+        if self.fail_sends {
+            return Err(SinkError::Other("simulated crash".into()));
+        }
         Ok(self.sent_through)
     }
 }
@@ -134,7 +137,17 @@ fn run(
 type Dump = Vec<BTreeMap<Vec<u8>, Vec<u8>>>;
 
 fn dump(store: &MemoryStore) -> Dump {
-    [Cf::State, Cf::Dedup, Cf::Timers, Cf::Offsets, Cf::Meta, Cf::Outbox].iter().map(|cf| store.dump(*cf)).collect()
+    [
+        Cf::State,
+        Cf::Dedup,
+        Cf::Timers,
+        Cf::Offsets,
+        Cf::Meta,
+        Cf::Outbox,
+    ]
+    .iter()
+    .map(|cf| store.dump(*cf))
+    .collect()
 }
 
 fn baseline() -> &'static (Dump, Vec<OutboxRecord>) {
@@ -164,11 +177,21 @@ fn identity(r: &OutboxRecord) -> String {
 fn the_log_exercises_the_engine() {
     let (_, outputs) = baseline();
     let ids: Vec<String> = outputs.iter().map(identity).collect();
-    assert!(ids.iter().any(|i| i.starts_with("dlq:")), "dead letters present");
-    assert!(ids.iter().filter(|i| i.starts_with("alert:")).count() >= 5, "alerts present: {ids:?}");
+    assert!(
+        ids.iter().any(|i| i.starts_with("dlq:")),
+        "dead letters present"
+    );
+    assert!(
+        ids.iter().filter(|i| i.starts_with("alert:")).count() >= 5,
+        "alerts present: {ids:?}"
+    );
     assert!(ids.iter().filter(|i| i.starts_with("score:")).count() >= 40);
     let unique: HashSet<&String> = ids.iter().collect();
-    assert_eq!(unique.len(), ids.len(), "an uninterrupted run emits each output once");
+    assert_eq!(
+        unique.len(),
+        ids.len(),
+        "an uninterrupted run emits each output once"
+    );
 }
 
 proptest! {

@@ -12,7 +12,9 @@ use std::io::Write as _;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::error::Category;
 
-use super::{DecodeLimits, Format, Raw, Reason, Rejection, check_record, lowercase_owned, time, validate};
+use super::{
+    DecodeLimits, Format, Raw, Reason, Rejection, check_record, lowercase_owned, time, validate,
+};
 use crate::domain::event::{DealStage, Event, EventBody};
 
 /// Decodes one JSON object into a validated event.
@@ -34,7 +36,9 @@ pub(super) fn decode_utf8(bytes: &[u8], limits: &DecodeLimits) -> Result<Event, 
             ),
         )
     })?;
-    validate(parse(text)?, limits)
+    let mut raw = Raw::new(Format::Json);
+    parse(text, &mut raw)?;
+    validate(&mut raw, limits)
 }
 
 /// The key being read when parsing stopped, for naming it in the rejection.
@@ -52,10 +56,12 @@ impl At<'_> {
     }
 }
 
-fn parse(text: &str) -> Result<Raw<'_>, Rejection> {
+fn parse<'de>(text: &'de str, raw: &mut Raw<'de>) -> Result<(), Rejection> {
     let mut at = None;
     let mut de = serde_json::Deserializer::from_str(text);
-    let parsed = de.deserialize_map(RawVisitor { at: &mut at }).and_then(|raw| de.end().map(|()| raw));
+    let parsed = de
+        .deserialize_map(RawVisitor { raw, at: &mut at })
+        .and_then(|()| de.end());
     parsed.map_err(|e| classify(&e, text, at.as_ref()))
 }
 
@@ -69,31 +75,49 @@ fn classify(e: &serde_json::Error, text: &str, at: Option<&At<'_>>) -> Rejection
     match e.classify() {
         Category::Eof => Rejection::new(
             Reason::Truncated,
-            format!("The record ends before its JSON is complete ({e}); it looks cut off, so send the whole object."),
+            format!(
+                "The record ends before its JSON is complete ({e}); it looks cut off, so send the whole object."
+            ),
         ),
         Category::Data => {
-            let fix = if at.is_some() { "send the type the contract gives for it" } else { "send one JSON object per record" };
-            Rejection::new(Reason::WrongType, format!("{subject} has the wrong JSON type ({e}); {fix}."))
+            let fix = if at.is_some() {
+                "send the type the contract gives for it"
+            } else {
+                "send one JSON object per record"
+            };
+            Rejection::new(
+                Reason::WrongType,
+                format!("{subject} has the wrong JSON type ({e}); {fix}."),
+            )
         }
         Category::Syntax | Category::Io => {
             let msg = e.to_string();
             if msg.starts_with("recursion limit exceeded") {
                 Rejection::new(
                     Reason::TooDeep,
-                    format!("{subject} nests arrays or objects too deeply ({e}); flatten it to fewer than 128 levels."),
+                    format!(
+                        "{subject} nests arrays or objects too deeply ({e}); flatten it to fewer than 128 levels."
+                    ),
                 )
             } else if msg.starts_with("number out of range") {
                 Rejection::new(
                     Reason::NonFinite,
-                    format!("{subject} holds a number too large for a 64-bit float ({e}); send a finite number."),
+                    format!(
+                        "{subject} holds a number too large for a 64-bit float ({e}); send a finite number."
+                    ),
                 )
             } else if let Some(lit) = non_finite_literal(text, e.line(), e.column()) {
                 Rejection::new(
                     Reason::NonFinite,
-                    format!("{subject} is {lit}, which is neither valid JSON nor a finite number ({e}); send a finite number or leave the field out."),
+                    format!(
+                        "{subject} is {lit}, which is neither valid JSON nor a finite number ({e}); send a finite number or leave the field out."
+                    ),
                 )
             } else {
-                Rejection::new(Reason::NotJson, format!("The record is not valid JSON ({e}); fix its syntax."))
+                Rejection::new(
+                    Reason::NotJson,
+                    format!("The record is not valid JSON ({e}); fix its syntax."),
+                )
             }
         }
     }
@@ -110,7 +134,10 @@ fn non_finite_literal(text: &str, line: usize, column: usize) -> Option<&'static
     }
     let pos = (line_start + column).min(bytes.len());
     (pos.saturating_sub(2)..=pos).find_map(|i| {
-        LITERALS.iter().find(|lit| bytes[i..].starts_with(lit.as_bytes())).copied()
+        LITERALS
+            .iter()
+            .find(|lit| bytes[i..].starts_with(lit.as_bytes()))
+            .copied()
     })
 }
 
@@ -214,7 +241,8 @@ impl<'de> Deserialize<'de> for MapKey<'de> {
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
                 // Only keys with escapes come here; an unknown one is copied, a known one is not.
-                Ok(Key::parse(v).map_or_else(|| MapKey::Unknown(Cow::Owned(v.to_owned())), MapKey::Known))
+                Ok(Key::parse(v)
+                    .map_or_else(|| MapKey::Unknown(Cow::Owned(v.to_owned())), MapKey::Known))
             }
         }
         d.deserialize_identifier(V)
@@ -223,18 +251,19 @@ impl<'de> Deserialize<'de> for MapKey<'de> {
 
 /// The whole record: a map visitor that fills a [`Raw`] and records the key it is on.
 struct RawVisitor<'c, 'de> {
+    raw: &'c mut Raw<'de>,
     at: &'c mut Option<At<'de>>,
 }
 
 impl<'de> Visitor<'de> for RawVisitor<'_, 'de> {
-    type Value = Raw<'de>;
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object holding one event")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Raw<'de>, A::Error> {
-        let mut raw = Raw::new(Format::Json);
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let raw = self.raw;
         loop {
             *self.at = None;
             let key = match map.next_key::<MapKey<'de>>()? {
@@ -275,7 +304,7 @@ impl<'de> Visitor<'de> for RawVisitor<'_, 'de> {
                 Key::CloseDate => raw.close_date = map.next_value::<Str>()?.0,
             }
         }
-        Ok(raw)
+        Ok(())
     }
 }
 
@@ -439,7 +468,11 @@ pub fn encode_event(ev: &Event, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"event_id\":");
     put_str(out, &ev.event_id);
     field_str(out, "account_id", &ev.account_id);
-    field_str(out, "occurred_at", &time::format_rfc3339_ms(ev.occurred_at_ms));
+    field_str(
+        out,
+        "occurred_at",
+        &time::format_rfc3339_ms(ev.occurred_at_ms),
+    );
     field_str(out, "type", ev.body.type_name());
     match &ev.body {
         EventBody::ProductUsage(u) => {
@@ -553,8 +586,10 @@ mod tests {
 
     #[test]
     fn decodes_the_contract_examples() {
-        let u = ok(r#"{"event_id":"u-1","account_id":"acme","occurred_at":"2026-11-20T10:15:00Z","type":"product_usage",
- "user_id":"u42","feature":"reports.export","quantity":1}"#);
+        let u = ok(
+            r#"{"event_id":"u-1","account_id":"acme","occurred_at":"2026-11-20T10:15:00Z","type":"product_usage",
+ "user_id":"u42","feature":"reports.export","quantity":1}"#,
+        );
         assert_eq!(
             u,
             Event {
@@ -568,7 +603,9 @@ mod tests {
                 }),
             }
         );
-        let e = ok(&with(r#""type":"email","contact_id":"c1","direction":"outbound","action":"replied","campaign":"qbr-invite""#));
+        let e = ok(&with(
+            r#""type":"email","contact_id":"c1","direction":"outbound","action":"replied","campaign":"qbr-invite""#,
+        ));
         assert_eq!(
             e.body,
             EventBody::Email(Email {
@@ -610,23 +647,44 @@ mod tests {
 
     #[test]
     fn defaults_nulls_unknown_fields_and_escapes() {
-        let u = ok(&with(r#""type":"product_usage","user_id":null,"quantity":null,"extra":{"a":[1,2.5,"x",null,true]},"also":-3e5"#));
-        assert_eq!(u.body, EventBody::ProductUsage(ProductUsage { user_id: None, feature: None, quantity: 1.0 }));
+        let u = ok(&with(
+            r#""type":"product_usage","user_id":null,"quantity":null,"extra":{"a":[1,2.5,"x",null,true]},"also":-3e5"#,
+        ));
+        assert_eq!(
+            u.body,
+            EventBody::ProductUsage(ProductUsage {
+                user_id: None,
+                feature: None,
+                quantity: 1.0
+            })
+        );
         // Field order does not matter; escaped keys and values are understood.
-        let e = ok(r#"{"type":"em\u0061il","\u0061ction":"opened","event_id":"e\"1","account_id":"a","occurred_at":"2026-11-20T10:15:00+01:00"}"#);
+        let e = ok(
+            r#"{"type":"em\u0061il","\u0061ction":"opened","event_id":"e\"1","account_id":"a","occurred_at":"2026-11-20T10:15:00+01:00"}"#,
+        );
         assert_eq!(e.event_id, "e\"1");
         assert_eq!(e.occurred_at_ms, 1_795_166_100_000);
         // Empty optional strings count as absent.
-        let c = ok(&with(r#""type":"call","direction":"","outcome":"","topics":["", null, "A"]"#));
+        let c = ok(&with(
+            r#""type":"call","direction":"","outcome":"","topics":["", null, "A"]"#,
+        ));
         let EventBody::Call(c) = c.body else { panic!() };
-        assert_eq!((c.direction, c.outcome, c.topics), (None, None, vec!["a".to_owned()]));
+        assert_eq!(
+            (c.direction, c.outcome, c.topics),
+            (None, None, vec!["a".to_owned()])
+        );
         // Open deal stages are kept as text.
-        let d = ok(&with(r#""type":"deal","deal_id":"o","kind":"expansion","stage":"Negotiation","close_date":"2027-01-31T10:00:00Z""#));
+        let d = ok(&with(
+            r#""type":"deal","deal_id":"o","kind":"expansion","stage":"Negotiation","close_date":"2027-01-31T10:00:00Z""#,
+        ));
         let EventBody::Deal(d) = d.body else { panic!() };
         assert_eq!(d.stage, DealStage::Open("Negotiation".into()));
         assert_eq!(d.close_day, Some(20_849));
         // Duplicate keys: the last wins.
-        assert_eq!(ok(&with(r#""type":"email","action":"sent","action":"opened""#)).body, ok(&with(r#""type":"email","action":"opened""#)).body);
+        assert_eq!(
+            ok(&with(r#""type":"email","action":"sent","action":"opened""#)).body,
+            ok(&with(r#""type":"email","action":"opened""#)).body
+        );
     }
 
     #[test]
@@ -652,24 +710,74 @@ mod tests {
     fn bad_values() {
         let cases = [
             (with(r#""type":"sms""#), Reason::UnknownType, "`type`"),
-            (with(r#""type":"email","action":"read""#), Reason::UnknownEnum, "`action`"),
-            (with(r#""type":"email","action":"sent","direction":"sideways""#), Reason::UnknownEnum, "`direction`"),
-            (with(r#""type":"call","outcome":"hung_up""#), Reason::UnknownEnum, "`outcome`"),
-            (with(r#""type":"deal","deal_id":"d","kind":"upsell","stage":"x""#), Reason::UnknownEnum, "`kind`"),
-            (with(r#""type":"product_usage","quantity":-1"#), Reason::OutOfRange, "`quantity`"),
-            (with(r#""type":"call","duration_s":-0.5"#), Reason::OutOfRange, "`duration_s`"),
-            (with(r#""type":"call","sentiment":1.01"#), Reason::OutOfRange, "`sentiment`"),
-            (with(r#""type":"call","sentiment":-2"#), Reason::OutOfRange, "`sentiment`"),
-            (with(r#""type":"deal","deal_id":"d","kind":"renewal","stage":"x","amount":-5"#), Reason::OutOfRange, "`amount`"),
-            (with(r#""type":"deal","deal_id":"d","kind":"renewal","stage":"x","close_date":"next week""#), Reason::BadTimestamp, "`close_date`"),
-            (with(r#""type":"deal","deal_id":"d","kind":"renewal","stage":"x","close_date":"2027-02-30""#), Reason::BadTimestamp, "`close_date`"),
+            (
+                with(r#""type":"email","action":"read""#),
+                Reason::UnknownEnum,
+                "`action`",
+            ),
+            (
+                with(r#""type":"email","action":"sent","direction":"sideways""#),
+                Reason::UnknownEnum,
+                "`direction`",
+            ),
+            (
+                with(r#""type":"call","outcome":"hung_up""#),
+                Reason::UnknownEnum,
+                "`outcome`",
+            ),
+            (
+                with(r#""type":"deal","deal_id":"d","kind":"upsell","stage":"x""#),
+                Reason::UnknownEnum,
+                "`kind`",
+            ),
+            (
+                with(r#""type":"product_usage","quantity":-1"#),
+                Reason::OutOfRange,
+                "`quantity`",
+            ),
+            (
+                with(r#""type":"call","duration_s":-0.5"#),
+                Reason::OutOfRange,
+                "`duration_s`",
+            ),
+            (
+                with(r#""type":"call","sentiment":1.01"#),
+                Reason::OutOfRange,
+                "`sentiment`",
+            ),
+            (
+                with(r#""type":"call","sentiment":-2"#),
+                Reason::OutOfRange,
+                "`sentiment`",
+            ),
+            (
+                with(r#""type":"deal","deal_id":"d","kind":"renewal","stage":"x","amount":-5"#),
+                Reason::OutOfRange,
+                "`amount`",
+            ),
+            (
+                with(
+                    r#""type":"deal","deal_id":"d","kind":"renewal","stage":"x","close_date":"next week""#,
+                ),
+                Reason::BadTimestamp,
+                "`close_date`",
+            ),
+            (
+                with(
+                    r#""type":"deal","deal_id":"d","kind":"renewal","stage":"x","close_date":"2027-02-30""#,
+                ),
+                Reason::BadTimestamp,
+                "`close_date`",
+            ),
         ];
         for (s, reason, field) in cases {
             let r = err(&s);
             assert_eq!(r.reason, reason, "{s}: {r}");
             assert!(r.detail.contains(field), "{s}: {r}");
         }
-        let r = err(r#"{"event_id":"e","account_id":"a","occurred_at":"yesterday","type":"email","action":"sent"}"#);
+        let r = err(
+            r#"{"event_id":"e","account_id":"a","occurred_at":"yesterday","type":"email","action":"sent"}"#,
+        );
         assert_eq!(r.reason, Reason::BadTimestamp);
         assert_eq!(
             r.detail,
@@ -692,7 +800,10 @@ mod tests {
             assert!(r.detail.contains(field), "{r}");
         }
         // Exactly at the limit is fine.
-        ok(&format!(r#"{{"event_id":"{}","account_id":"a","occurred_at":"2026-11-20T10:15:00Z","type":"email","action":"sent"}}"#, "x".repeat(256)));
+        ok(&format!(
+            r#"{{"event_id":"{}","account_id":"a","occurred_at":"2026-11-20T10:15:00Z","type":"email","action":"sent"}}"#,
+            "x".repeat(256)
+        ));
     }
 
     #[test]
@@ -714,18 +825,35 @@ mod tests {
         for s in ["[1,2]", "\"event\"", "42", "null"] {
             let r = err(s);
             assert_eq!(r.reason, Reason::WrongType, "{s}: {r}");
-            assert!(r.detail.starts_with("The record has the wrong JSON type"), "{r}");
+            assert!(
+                r.detail.starts_with("The record has the wrong JSON type"),
+                "{r}"
+            );
         }
     }
 
     #[test]
     fn syntax_problems() {
-        for s in ["{\"event_id\" \"e\"}", "{\"a\":1,}", "{'a':1}", "{\"a\":1} {\"b\":2}", "{\"a\":tru}", "{\"a\":\"\u{1}\"}", "{\"a\":01}"] {
+        for s in [
+            "{\"event_id\" \"e\"}",
+            "{\"a\":1,}",
+            "{'a':1}",
+            "{\"a\":1} {\"b\":2}",
+            "{\"a\":tru}",
+            "{\"a\":\"\u{1}\"}",
+            "{\"a\":01}",
+        ] {
             let r = err(s);
             assert_eq!(r.reason, Reason::NotJson, "{s}: {r}");
             assert!(r.detail.contains("line 1 column"), "{r}");
         }
-        for s in ["{", "{\"event_id\":\"e", "{\"event_id\":", "{\"a\":[1,2", &with(r#""type":"email""#)[..40]] {
+        for s in [
+            "{",
+            "{\"event_id\":\"e",
+            "{\"event_id\":",
+            "{\"a\":[1,2",
+            &with(r#""type":"email""#)[..40],
+        ] {
             assert_eq!(err(s).reason, Reason::Truncated, "{s}");
         }
         assert_eq!(err("").reason, Reason::Empty);
@@ -742,7 +870,10 @@ mod tests {
                 let s = with(&format!(r#""type":"call","{field}": {lit}"#));
                 let r = err(&s);
                 assert_eq!(r.reason, Reason::NonFinite, "{s}: {r}");
-                assert!(r.detail.starts_with(&format!("Field `{field}` is {lit},")), "{r}");
+                assert!(
+                    r.detail.starts_with(&format!("Field `{field}` is {lit},")),
+                    "{r}"
+                );
             }
         }
         // On a later line of a pretty-printed record too.
@@ -754,7 +885,9 @@ mod tests {
             assert!(r.detail.starts_with("Field `amount`"), "{r}");
         }
         // Large but finite is fine.
-        let d = ok(&with(r#""type":"deal","deal_id":"d","kind":"renewal","stage":"s","amount":1e300"#));
+        let d = ok(&with(
+            r#""type":"deal","deal_id":"d","kind":"renewal","stage":"s","amount":1e300"#,
+        ));
         let EventBody::Deal(d) = d.body else { panic!() };
         assert_eq!(d.amount, Some(1e300));
     }
@@ -762,31 +895,77 @@ mod tests {
     #[test]
     fn nesting_is_bounded_without_overflowing_the_stack() {
         // 10,000 nested arrays in an unknown field: serde_json's recursion limit (128) applies.
-        let deep = format!("{{{T},\"type\":\"email\",\"action\":\"sent\",\"junk\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
+        let deep = format!(
+            "{{{T},\"type\":\"email\",\"action\":\"sent\",\"junk\":{}{}}}",
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
         let r = err(&deep);
         assert_eq!(r.reason, Reason::TooDeep, "{r}");
         assert!(r.detail.starts_with("Field `junk` nests"), "{r}");
-        let deep_objects = format!("{{{T},\"junk\":{}1{}}}", "{\"a\":".repeat(10_000), "}".repeat(10_000));
+        let deep_objects = format!(
+            "{{{T},\"junk\":{}1{}}}",
+            "{\"a\":".repeat(10_000),
+            "}".repeat(10_000)
+        );
         assert_eq!(err(&deep_objects).reason, Reason::TooDeep);
         // Unterminated deep nesting is still too deep, not truncated: the limit trips first.
-        assert_eq!(err(&format!("{{\"x\":{}", "[".repeat(10_000))).reason, Reason::TooDeep);
+        assert_eq!(
+            err(&format!("{{\"x\":{}", "[".repeat(10_000))).reason,
+            Reason::TooDeep
+        );
         // Moderate nesting in unknown fields is fine.
-        ok(&format!("{{{T},\"type\":\"email\",\"action\":\"sent\",\"junk\":{}{}}}", "[".repeat(100), "]".repeat(100)));
+        ok(&format!(
+            "{{{T},\"type\":\"email\",\"action\":\"sent\",\"junk\":{}{}}}",
+            "[".repeat(100),
+            "]".repeat(100)
+        ));
     }
 
     #[test]
     fn size_limit_is_checked_before_parsing() {
-        let l = DecodeLimits { max_record_bytes: 16, max_id_bytes: 256 };
-        assert_eq!(decode_json(b"{\"event_id\":\"e\",   ", &l).unwrap_err().reason, Reason::TooLarge);
+        let l = DecodeLimits {
+            max_record_bytes: 16,
+            max_id_bytes: 256,
+        };
+        assert_eq!(
+            decode_json(b"{\"event_id\":\"e\",   ", &l)
+                .unwrap_err()
+                .reason,
+            Reason::TooLarge
+        );
     }
 
     fn samples() -> Vec<Event> {
-        let base = |body| Event { event_id: "e-1".into(), account_id: "acme \"corp\"".into(), occurred_at_ms: 1_795_169_700_123, body };
+        let base = |body| Event {
+            event_id: "e-1".into(),
+            account_id: "acme \"corp\"".into(),
+            occurred_at_ms: 1_795_169_700_123,
+            body,
+        };
         vec![
-            base(EventBody::ProductUsage(ProductUsage { user_id: Some("u42".into()), feature: Some("reports.export".into()), quantity: 2.5 })),
-            base(EventBody::ProductUsage(ProductUsage { user_id: None, feature: None, quantity: 1.0 })),
-            base(EventBody::Email(Email { contact_id: Some("c1".into()), direction: Some(Direction::Outbound), action: EmailAction::Unsubscribed, campaign: Some("qbr\ninvite".into()) })),
-            base(EventBody::Email(Email { contact_id: None, direction: None, action: EmailAction::Complained, campaign: None })),
+            base(EventBody::ProductUsage(ProductUsage {
+                user_id: Some("u42".into()),
+                feature: Some("reports.export".into()),
+                quantity: 2.5,
+            })),
+            base(EventBody::ProductUsage(ProductUsage {
+                user_id: None,
+                feature: None,
+                quantity: 1.0,
+            })),
+            base(EventBody::Email(Email {
+                contact_id: Some("c1".into()),
+                direction: Some(Direction::Outbound),
+                action: EmailAction::Unsubscribed,
+                campaign: Some("qbr\ninvite".into()),
+            })),
+            base(EventBody::Email(Email {
+                contact_id: None,
+                direction: None,
+                action: EmailAction::Complained,
+                campaign: None,
+            })),
             base(EventBody::Call(Call {
                 contact_id: Some("c1".into()),
                 direction: Some(Direction::Inbound),
@@ -795,10 +974,38 @@ mod tests {
                 sentiment: Some(-0.6),
                 topics: vec!["pricing".into(), "competitor".into()],
             })),
-            base(EventBody::Call(Call { contact_id: None, direction: None, duration_s: None, outcome: None, sentiment: None, topics: vec![] })),
-            base(EventBody::Deal(Deal { deal_id: "opp-1".into(), kind: DealKind::Renewal, stage: DealStage::ClosedWon, amount: Some(120_000.0), currency: Some("USD".into()), close_day: Some(20_849) })),
-            base(EventBody::Deal(Deal { deal_id: "opp-2".into(), kind: DealKind::NewBusiness, stage: DealStage::Open("discovery".into()), amount: None, currency: None, close_day: None })),
-            base(EventBody::Deal(Deal { deal_id: "opp-3".into(), kind: DealKind::Cancellation, stage: DealStage::ClosedLost, amount: Some(0.1), currency: None, close_day: Some(-3) })),
+            base(EventBody::Call(Call {
+                contact_id: None,
+                direction: None,
+                duration_s: None,
+                outcome: None,
+                sentiment: None,
+                topics: vec![],
+            })),
+            base(EventBody::Deal(Deal {
+                deal_id: "opp-1".into(),
+                kind: DealKind::Renewal,
+                stage: DealStage::ClosedWon,
+                amount: Some(120_000.0),
+                currency: Some("USD".into()),
+                close_day: Some(20_849),
+            })),
+            base(EventBody::Deal(Deal {
+                deal_id: "opp-2".into(),
+                kind: DealKind::NewBusiness,
+                stage: DealStage::Open("discovery".into()),
+                amount: None,
+                currency: None,
+                close_day: None,
+            })),
+            base(EventBody::Deal(Deal {
+                deal_id: "opp-3".into(),
+                kind: DealKind::Cancellation,
+                stage: DealStage::ClosedLost,
+                amount: Some(0.1),
+                currency: None,
+                close_day: Some(-3),
+            })),
         ]
     }
 
@@ -809,7 +1016,12 @@ mod tests {
             encode_event(&ev, &mut out);
             assert!(!out.ends_with(b"\n"));
             serde_json::from_slice::<serde_json::Value>(&out).expect("valid JSON");
-            assert_eq!(decode_json(&out, &limits()).unwrap(), ev, "{}", String::from_utf8_lossy(&out));
+            assert_eq!(
+                decode_json(&out, &limits()).unwrap(),
+                ev,
+                "{}",
+                String::from_utf8_lossy(&out)
+            );
         }
     }
 

@@ -58,11 +58,19 @@ pub fn encode_score(c: &ScoreChange, format: OutputFormat, out: &mut Vec<u8>) {
                 previous_score: c.previous_score,
                 band: c.band.as_str(),
                 previous_band: c.previous_band.map(|b| b.as_str()),
-                components: c.components.iter().map(|(k, v)| ((*k).to_owned(), (*v).into())).collect(),
+                components: c
+                    .components
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).into()))
+                    .collect(),
                 drivers: c
                     .drivers
                     .iter()
-                    .map(|d| DriverJson { signal: d.signal, impact: d.impact, detail: &d.detail })
+                    .map(|d| DriverJson {
+                        signal: d.signal,
+                        impact: d.impact,
+                        detail: &d.detail,
+                    })
                     .collect(),
                 as_of: format_rfc3339_ms(c.as_of_ms),
                 change_id: &c.change_id,
@@ -76,8 +84,15 @@ pub fn encode_score(c: &ScoreChange, format: OutputFormat, out: &mut Vec<u8>) {
                 score: c.score,
                 previous_score: c.previous_score,
                 band: c.band.as_str().to_owned(),
-                previous_band: c.previous_band.map(|b| b.as_str().to_owned()).unwrap_or_default(),
-                components: c.components.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+                previous_band: c
+                    .previous_band
+                    .map(|b| b.as_str().to_owned())
+                    .unwrap_or_default(),
+                components: c
+                    .components
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), *v))
+                    .collect(),
                 drivers: c
                     .drivers
                     .iter()
@@ -108,7 +123,11 @@ pub fn encode_alert(a: &AlertChange, format: OutputFormat, out: &mut Vec<u8>) {
                 opened_at: format_rfc3339_ms(a.opened_at_ms),
                 resolved_at: a.resolved_at_ms.map(format_rfc3339_ms),
                 health_score: a.health_score,
-                evidence: a.evidence.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect(),
+                evidence: a
+                    .evidence
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone().into()))
+                    .collect(),
                 message: &a.message,
             };
             serde_json::to_writer(out, &v).expect("writing to a Vec");

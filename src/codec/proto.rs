@@ -5,23 +5,16 @@ use std::borrow::Cow;
 
 use prost::Message;
 
-use super::{DecodeLimits, Format, Raw, Reason, Rejection, lowercase_owned, time, validate};
+use super::{
+    DecodeLimits, Format, Raw, Reason, Rejection, check_size, lowercase_owned, time, validate,
+};
 use crate::domain::event::{DealStage, Event, EventBody};
 use crate::pb;
 use crate::pb::event::Body;
 
 /// Decodes one plain (unframed) protobuf `rapport.v1.Event` into a validated event.
 pub fn decode_proto(bytes: &[u8], limits: &DecodeLimits) -> Result<Event, Rejection> {
-    if bytes.len() > limits.max_record_bytes {
-        return Err(Rejection::new(
-            Reason::TooLarge,
-            format!(
-                "The record is {} bytes, more than the {}-byte limit (`max_record_bytes`); send smaller events or raise the limit.",
-                bytes.len(),
-                limits.max_record_bytes
-            ),
-        ));
-    }
+    check_size(bytes, limits)?;
     // Only zero bytes is empty here: in protobuf, whitespace bytes are ordinary data.
     if bytes.is_empty() {
         return Err(Rejection::new(
@@ -49,21 +42,26 @@ pub(super) fn decode_message(bytes: &[u8], limits: &DecodeLimits) -> Result<Even
             )
         }
     })?;
-    validate(raw_from_pb(msg), limits)
+    let mut raw = Raw::new(Format::Protobuf);
+    fill_raw(msg, &mut raw);
+    validate(&mut raw, limits)
 }
 
 /// proto3 strings cannot be absent, only empty; empty counts as absent, as it does in JSON.
 fn text(s: String) -> Option<Cow<'static, str>> {
-    if s.is_empty() { None } else { Some(Cow::Owned(s)) }
+    if s.is_empty() {
+        None
+    } else {
+        Some(Cow::Owned(s))
+    }
 }
 
 /// Moves the message's strings into the shared raw form: no copies.
-fn raw_from_pb(msg: pb::Event) -> Raw<'static> {
-    let mut raw = Raw::new(Format::Protobuf);
+fn fill_raw(msg: pb::Event, raw: &mut Raw<'static>) {
     raw.event_id = text(msg.event_id);
     raw.account_id = text(msg.account_id);
     raw.occurred_at = text(msg.occurred_at);
-    let Some(body) = msg.body else { return raw };
+    let Some(body) = msg.body else { return };
     raw.type_ = Some(Cow::Borrowed(match body {
         Body::ProductUsage(u) => {
             raw.user_id = text(u.user_id);
@@ -102,7 +100,6 @@ fn raw_from_pb(msg: pb::Event) -> Raw<'static> {
             "deal"
         }
     }));
-    raw
 }
 
 /// Encodes `ev` as `rapport.v1.Event` bytes (unframed). They decode back to `ev` with
@@ -117,13 +114,19 @@ pub fn encode_event(ev: &Event) -> Vec<u8> {
         }),
         EventBody::Email(e) => Body::Email(pb::Email {
             contact_id: s(&e.contact_id),
-            direction: e.direction.map(|d| d.as_str().to_owned()).unwrap_or_default(),
+            direction: e
+                .direction
+                .map(|d| d.as_str().to_owned())
+                .unwrap_or_default(),
             action: e.action.as_str().to_owned(),
             campaign: s(&e.campaign),
         }),
         EventBody::Call(c) => Body::Call(pb::Call {
             contact_id: s(&c.contact_id),
-            direction: c.direction.map(|d| d.as_str().to_owned()).unwrap_or_default(),
+            direction: c
+                .direction
+                .map(|d| d.as_str().to_owned())
+                .unwrap_or_default(),
             duration_s: c.duration_s,
             outcome: c.outcome.map(|o| o.as_str().to_owned()).unwrap_or_default(),
             sentiment: c.sentiment,
@@ -185,7 +188,11 @@ mod tests {
     }
 
     fn with(body: Body) -> Vec<u8> {
-        pb::Event { body: Some(body), ..header() }.encode_to_vec()
+        pb::Event {
+            body: Some(body),
+            ..header()
+        }
+        .encode_to_vec()
     }
 
     fn err(bytes: &[u8]) -> Rejection {
@@ -193,7 +200,11 @@ mod tests {
     }
 
     fn email(action: &str, direction: &str) -> Body {
-        Body::Email(pb::Email { action: action.into(), direction: direction.into(), ..Default::default() })
+        Body::Email(pb::Email {
+            action: action.into(),
+            direction: direction.into(),
+            ..Default::default()
+        })
     }
 
     fn call(c: pb::Call) -> Body {
@@ -202,20 +213,55 @@ mod tests {
 
     fn deal(d: pb::Deal) -> Body {
         Body::Deal(pb::Deal {
-            deal_id: if d.deal_id.is_empty() { "d".into() } else { d.deal_id },
-            kind: if d.kind.is_empty() { "renewal".into() } else { d.kind },
-            stage: if d.stage.is_empty() { "open".into() } else { d.stage },
+            deal_id: if d.deal_id.is_empty() {
+                "d".into()
+            } else {
+                d.deal_id
+            },
+            kind: if d.kind.is_empty() {
+                "renewal".into()
+            } else {
+                d.kind
+            },
+            stage: if d.stage.is_empty() {
+                "open".into()
+            } else {
+                d.stage
+            },
             ..d
         })
     }
 
     fn samples() -> Vec<Event> {
-        let base = |body| Event { event_id: "e-1".into(), account_id: "acme".into(), occurred_at_ms: 1_795_169_700_123, body };
+        let base = |body| Event {
+            event_id: "e-1".into(),
+            account_id: "acme".into(),
+            occurred_at_ms: 1_795_169_700_123,
+            body,
+        };
         vec![
-            base(EventBody::ProductUsage(ProductUsage { user_id: Some("u42".into()), feature: Some("reports.export".into()), quantity: 0.0 })),
-            base(EventBody::ProductUsage(ProductUsage { user_id: None, feature: None, quantity: 1.0 })),
-            base(EventBody::Email(Email { contact_id: Some("c1".into()), direction: Some(Direction::Outbound), action: EmailAction::Replied, campaign: Some("qbr-invite".into()) })),
-            base(EventBody::Email(Email { contact_id: None, direction: None, action: EmailAction::Bounced, campaign: None })),
+            base(EventBody::ProductUsage(ProductUsage {
+                user_id: Some("u42".into()),
+                feature: Some("reports.export".into()),
+                quantity: 0.0,
+            })),
+            base(EventBody::ProductUsage(ProductUsage {
+                user_id: None,
+                feature: None,
+                quantity: 1.0,
+            })),
+            base(EventBody::Email(Email {
+                contact_id: Some("c1".into()),
+                direction: Some(Direction::Outbound),
+                action: EmailAction::Replied,
+                campaign: Some("qbr-invite".into()),
+            })),
+            base(EventBody::Email(Email {
+                contact_id: None,
+                direction: None,
+                action: EmailAction::Bounced,
+                campaign: None,
+            })),
             base(EventBody::Call(Call {
                 contact_id: Some("c1".into()),
                 direction: Some(Direction::Inbound),
@@ -224,10 +270,38 @@ mod tests {
                 sentiment: Some(-1.0),
                 topics: vec!["pricing".into(), "competitor".into()],
             })),
-            base(EventBody::Call(Call { contact_id: None, direction: None, duration_s: None, outcome: None, sentiment: None, topics: vec![] })),
-            base(EventBody::Deal(Deal { deal_id: "opp-1".into(), kind: DealKind::Renewal, stage: DealStage::ClosedWon, amount: Some(120_000.0), currency: Some("USD".into()), close_day: Some(20_849) })),
-            base(EventBody::Deal(Deal { deal_id: "opp-2".into(), kind: DealKind::Contraction, stage: DealStage::Open("proposal".into()), amount: None, currency: None, close_day: None })),
-            base(EventBody::Deal(Deal { deal_id: "opp-3".into(), kind: DealKind::Expansion, stage: DealStage::ClosedLost, amount: Some(0.5), currency: None, close_day: Some(-1) })),
+            base(EventBody::Call(Call {
+                contact_id: None,
+                direction: None,
+                duration_s: None,
+                outcome: None,
+                sentiment: None,
+                topics: vec![],
+            })),
+            base(EventBody::Deal(Deal {
+                deal_id: "opp-1".into(),
+                kind: DealKind::Renewal,
+                stage: DealStage::ClosedWon,
+                amount: Some(120_000.0),
+                currency: Some("USD".into()),
+                close_day: Some(20_849),
+            })),
+            base(EventBody::Deal(Deal {
+                deal_id: "opp-2".into(),
+                kind: DealKind::Contraction,
+                stage: DealStage::Open("proposal".into()),
+                amount: None,
+                currency: None,
+                close_day: None,
+            })),
+            base(EventBody::Deal(Deal {
+                deal_id: "opp-3".into(),
+                kind: DealKind::Expansion,
+                stage: DealStage::ClosedLost,
+                amount: Some(0.5),
+                currency: None,
+                close_day: Some(-1),
+            })),
         ]
     }
 
@@ -238,25 +312,47 @@ mod tests {
             assert_eq!(decode_proto(&bytes, &limits()).unwrap(), ev);
             // And through the format-detecting entry point, plain and framed.
             assert_eq!(decode(&bytes, &limits()).unwrap(), ev);
-            assert_eq!(decode(&frame_confluent(42, true, &bytes), &limits()).unwrap(), ev);
+            assert_eq!(
+                decode(&frame_confluent(42, true, &bytes), &limits()).unwrap(),
+                ev
+            );
             // JSON and protobuf agree.
             let mut json = Vec::new();
             crate::codec::json::encode_event(&ev, &mut json);
             assert_eq!(decode(&json, &limits()).unwrap(), ev);
-            assert_eq!(decode(&frame_confluent(42, false, &json), &limits()).unwrap(), ev);
+            assert_eq!(
+                decode(&frame_confluent(42, false, &json), &limits()).unwrap(),
+                ev
+            );
         }
     }
 
     #[test]
     fn absent_quantity_defaults_to_one_and_topics_are_lowercased() {
-        let ev = decode_proto(&with(Body::ProductUsage(pb::ProductUsage::default())), &limits()).unwrap();
-        assert_eq!(ev.body, EventBody::ProductUsage(ProductUsage { user_id: None, feature: None, quantity: 1.0 }));
         let ev = decode_proto(
-            &with(call(pb::Call { topics: vec!["Pricing".into(), "".into(), "RENEWAL".into()], ..Default::default() })),
+            &with(Body::ProductUsage(pb::ProductUsage::default())),
             &limits(),
         )
         .unwrap();
-        let EventBody::Call(c) = ev.body else { panic!() };
+        assert_eq!(
+            ev.body,
+            EventBody::ProductUsage(ProductUsage {
+                user_id: None,
+                feature: None,
+                quantity: 1.0
+            })
+        );
+        let ev = decode_proto(
+            &with(call(pb::Call {
+                topics: vec!["Pricing".into(), "".into(), "RENEWAL".into()],
+                ..Default::default()
+            })),
+            &limits(),
+        )
+        .unwrap();
+        let EventBody::Call(c) = ev.body else {
+            panic!()
+        };
         assert_eq!(c.topics, vec!["pricing".to_owned(), "renewal".to_owned()]);
     }
 
@@ -270,39 +366,158 @@ mod tests {
 
     #[test]
     fn missing_fields() {
-        let r = err(&pb::Event { body: Some(email("sent", "")), event_id: String::new(), ..header() }.encode_to_vec());
+        let r = err(&pb::Event {
+            body: Some(email("sent", "")),
+            event_id: String::new(),
+            ..header()
+        }
+        .encode_to_vec());
         assert_eq!(r.reason, Reason::MissingField);
         assert!(r.detail.contains("`event_id`"), "{r}");
-        let r = err(&pb::Event { body: Some(email("sent", "")), account_id: String::new(), ..header() }.encode_to_vec());
+        let r = err(&pb::Event {
+            body: Some(email("sent", "")),
+            account_id: String::new(),
+            ..header()
+        }
+        .encode_to_vec());
         assert!(r.detail.contains("`account_id`"), "{r}");
-        let r = err(&pb::Event { body: Some(email("sent", "")), occurred_at: String::new(), ..header() }.encode_to_vec());
+        let r = err(&pb::Event {
+            body: Some(email("sent", "")),
+            occurred_at: String::new(),
+            ..header()
+        }
+        .encode_to_vec());
         assert!(r.detail.contains("`occurred_at`"), "{r}");
         let r = err(&header().encode_to_vec());
         assert_eq!(r.reason, Reason::MissingField);
         assert!(r.detail.contains("`body` oneof"), "{r}");
         let r = err(&with(email("", "")));
-        assert_eq!((r.reason, r.detail.contains("`action`")), (Reason::MissingField, true), "{r}");
-        let r = err(&with(Body::Deal(pb::Deal { kind: "renewal".into(), stage: "s".into(), ..Default::default() })));
-        assert_eq!((r.reason, r.detail.contains("`deal_id`")), (Reason::MissingField, true), "{r}");
+        assert_eq!(
+            (r.reason, r.detail.contains("`action`")),
+            (Reason::MissingField, true),
+            "{r}"
+        );
+        let r = err(&with(Body::Deal(pb::Deal {
+            kind: "renewal".into(),
+            stage: "s".into(),
+            ..Default::default()
+        })));
+        assert_eq!(
+            (r.reason, r.detail.contains("`deal_id`")),
+            (Reason::MissingField, true),
+            "{r}"
+        );
     }
 
     #[test]
     fn bad_values() {
         let cases: Vec<(Vec<u8>, Reason, &str)> = vec![
-            (pb::Event { body: Some(email("sent", "")), occurred_at: "yesterday".into(), ..header() }.encode_to_vec(), Reason::BadTimestamp, "occurred_at"),
-            (pb::Event { body: Some(email("sent", "")), account_id: "a".repeat(300), ..header() }.encode_to_vec(), Reason::FieldTooLong, "account_id"),
+            (
+                pb::Event {
+                    body: Some(email("sent", "")),
+                    occurred_at: "yesterday".into(),
+                    ..header()
+                }
+                .encode_to_vec(),
+                Reason::BadTimestamp,
+                "occurred_at",
+            ),
+            (
+                pb::Event {
+                    body: Some(email("sent", "")),
+                    account_id: "a".repeat(300),
+                    ..header()
+                }
+                .encode_to_vec(),
+                Reason::FieldTooLong,
+                "account_id",
+            ),
             (with(email("read", "")), Reason::UnknownEnum, "action"),
-            (with(email("sent", "sideways")), Reason::UnknownEnum, "direction"),
-            (with(call(pb::Call { outcome: "hung_up".into(), ..Default::default() })), Reason::UnknownEnum, "outcome"),
-            (with(deal(pb::Deal { kind: "upsell".into(), ..Default::default() })), Reason::UnknownEnum, "kind"),
-            (with(Body::ProductUsage(pb::ProductUsage { quantity: Some(f64::NAN), ..Default::default() })), Reason::NonFinite, "quantity"),
-            (with(call(pb::Call { duration_s: Some(f64::INFINITY), ..Default::default() })), Reason::NonFinite, "duration_s"),
-            (with(call(pb::Call { sentiment: Some(f64::NEG_INFINITY), ..Default::default() })), Reason::NonFinite, "sentiment"),
-            (with(deal(pb::Deal { amount: Some(f64::NAN), ..Default::default() })), Reason::NonFinite, "amount"),
-            (with(Body::ProductUsage(pb::ProductUsage { quantity: Some(-1.0), ..Default::default() })), Reason::OutOfRange, "quantity"),
-            (with(call(pb::Call { sentiment: Some(1.5), ..Default::default() })), Reason::OutOfRange, "sentiment"),
-            (with(deal(pb::Deal { amount: Some(-0.01), ..Default::default() })), Reason::OutOfRange, "amount"),
-            (with(deal(pb::Deal { close_date: "Q1".into(), ..Default::default() })), Reason::BadTimestamp, "close_date"),
+            (
+                with(email("sent", "sideways")),
+                Reason::UnknownEnum,
+                "direction",
+            ),
+            (
+                with(call(pb::Call {
+                    outcome: "hung_up".into(),
+                    ..Default::default()
+                })),
+                Reason::UnknownEnum,
+                "outcome",
+            ),
+            (
+                with(deal(pb::Deal {
+                    kind: "upsell".into(),
+                    ..Default::default()
+                })),
+                Reason::UnknownEnum,
+                "kind",
+            ),
+            (
+                with(Body::ProductUsage(pb::ProductUsage {
+                    quantity: Some(f64::NAN),
+                    ..Default::default()
+                })),
+                Reason::NonFinite,
+                "quantity",
+            ),
+            (
+                with(call(pb::Call {
+                    duration_s: Some(f64::INFINITY),
+                    ..Default::default()
+                })),
+                Reason::NonFinite,
+                "duration_s",
+            ),
+            (
+                with(call(pb::Call {
+                    sentiment: Some(f64::NEG_INFINITY),
+                    ..Default::default()
+                })),
+                Reason::NonFinite,
+                "sentiment",
+            ),
+            (
+                with(deal(pb::Deal {
+                    amount: Some(f64::NAN),
+                    ..Default::default()
+                })),
+                Reason::NonFinite,
+                "amount",
+            ),
+            (
+                with(Body::ProductUsage(pb::ProductUsage {
+                    quantity: Some(-1.0),
+                    ..Default::default()
+                })),
+                Reason::OutOfRange,
+                "quantity",
+            ),
+            (
+                with(call(pb::Call {
+                    sentiment: Some(1.5),
+                    ..Default::default()
+                })),
+                Reason::OutOfRange,
+                "sentiment",
+            ),
+            (
+                with(deal(pb::Deal {
+                    amount: Some(-0.01),
+                    ..Default::default()
+                })),
+                Reason::OutOfRange,
+                "amount",
+            ),
+            (
+                with(deal(pb::Deal {
+                    close_date: "Q1".into(),
+                    ..Default::default()
+                })),
+                Reason::BadTimestamp,
+                "close_date",
+            ),
         ];
         for (bytes, reason, field) in cases {
             let r = err(&bytes);
@@ -314,8 +529,14 @@ mod tests {
     #[test]
     fn malformed_bytes() {
         assert_eq!(err(b"").reason, Reason::Empty);
-        let small = DecodeLimits { max_record_bytes: 4, max_id_bytes: 256 };
-        assert_eq!(decode_proto(&[0x0A; 5], &small).unwrap_err().reason, Reason::TooLarge);
+        let small = DecodeLimits {
+            max_record_bytes: 4,
+            max_id_bytes: 256,
+        };
+        assert_eq!(
+            decode_proto(&[0x0A; 5], &small).unwrap_err().reason,
+            Reason::TooLarge
+        );
         // Length prefix longer than the rest: cut off.
         let r = err(&[0x0A, 0x10, b'a', b'b']);
         assert_eq!(r.reason, Reason::BadProtobuf);
@@ -330,6 +551,9 @@ mod tests {
     #[test]
     fn frame_layout() {
         assert_eq!(frame_confluent(1, true, b"x"), vec![0, 0, 0, 0, 1, 0, b'x']);
-        assert_eq!(frame_confluent(0xDEAD_BEEF, false, b"{}"), vec![0, 0xDE, 0xAD, 0xBE, 0xEF, b'{', b'}']);
+        assert_eq!(
+            frame_confluent(0xDEAD_BEEF, false, b"{}"),
+            vec![0, 0xDE, 0xAD, 0xBE, 0xEF, b'{', b'}']
+        );
     }
 }

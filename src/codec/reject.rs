@@ -102,7 +102,10 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn new(reason: Reason, detail: impl Into<String>) -> Rejection {
-        Rejection { reason, detail: detail.into() }
+        Rejection {
+            reason,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -132,7 +135,11 @@ mod tests {
         let codes: HashSet<&str> = Reason::ALL.iter().map(|r| r.code()).collect();
         assert_eq!(codes.len(), Reason::ALL.len());
         for c in codes {
-            assert!(c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{c}");
+            assert!(
+                c.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{c}"
+            );
         }
         assert_eq!(Reason::BadFraming.code(), "bad_framing");
         assert_eq!(Reason::InvalidUtf8.to_string(), "invalid_utf8");

@@ -8,7 +8,60 @@ use crate::domain::event::day_of;
 /// Parses an RFC 3339 time with a `Z` or numeric offset, fractional seconds allowed, into UTC
 /// milliseconds since the Unix epoch. Digits below the millisecond are dropped (floored).
 pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
-    DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis())
+    parse_canonical_utc(s.as_bytes()).or_else(|| {
+        DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.timestamp_millis())
+    })
+}
+
+/// The shape nearly every producer sends, `YYYY-MM-DDTHH:MM:SS[.fraction]Z`, read without going
+/// through chrono's general parser (which costs more than the rest of decoding an event). Only
+/// the digits are lexed here; the calendar checks and arithmetic are still chrono's. Anything
+/// else (offsets, leap seconds, lower-case `t`/`z`, over-long fractions) returns `None` and takes
+/// the general path, so this never accepts what chrono would refuse.
+fn parse_canonical_utc(b: &[u8]) -> Option<i64> {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[b.len() - 1] != b'Z'
+    {
+        return None;
+    }
+    let milli = match &b[19..b.len() - 1] {
+        [] => 0,
+        [b'.', frac @ ..] if (1..=9).contains(&frac.len()) => {
+            digits(frac)?;
+            // The first three fractional digits, padded: ".5" is 500 ms; the rest is dropped.
+            frac.iter()
+                .chain([b'0'; 2].iter())
+                .take(3)
+                .fold(0, |v, c| v * 10 + u32::from(c - b'0'))
+        }
+        _ => return None,
+    };
+    let date = NaiveDate::from_ymd_opt(
+        digits(&b[0..4])? as i32,
+        digits(&b[5..7])?,
+        digits(&b[8..10])?,
+    )?;
+    let t = date.and_hms_milli_opt(
+        digits(&b[11..13])?,
+        digits(&b[14..16])?,
+        digits(&b[17..19])?,
+        milli,
+    )?;
+    Some(t.and_utc().timestamp_millis())
+}
+
+/// The value of a run of ASCII digits, or `None` if any byte is not one.
+fn digits(b: &[u8]) -> Option<u32> {
+    b.iter().try_fold(0u32, |v, &c| {
+        c.is_ascii_digit().then(|| v * 10 + u32::from(c - b'0'))
+    })
 }
 
 /// Formats UTC milliseconds as RFC 3339 in UTC: `2026-11-20T10:15:00Z`, or
@@ -22,7 +75,11 @@ pub fn format_rfc3339_ms(ms: i64) -> String {
     } else {
         DateTime::<Utc>::MAX_UTC
     });
-    let precision = if ms.rem_euclid(1000) == 0 { SecondsFormat::Secs } else { SecondsFormat::Millis };
+    let precision = if ms.rem_euclid(1000) == 0 {
+        SecondsFormat::Secs
+    } else {
+        SecondsFormat::Millis
+    };
     t.to_rfc3339_opts(precision, true)
 }
 
@@ -30,18 +87,26 @@ pub fn format_rfc3339_ms(ms: i64) -> String {
 /// UTC day number since the Unix epoch.
 pub fn parse_date_day(s: &str) -> Option<i32> {
     let b = s.as_bytes();
-    // chrono's `%Y` also takes signs and longer years; the contract's dates are exactly 10 bytes
-    // with a four-digit year.
-    if b.len() == 10 && b[..4].iter().all(u8::is_ascii_digit) {
-        return NaiveDate::parse_from_str(s, "%Y-%m-%d").ok().map(|d| d.to_epoch_days());
+    // Lexed by hand rather than with `parse_from_str(s, "%Y-%m-%d")`, which is several times
+    // slower and also takes signs and longer years; chrono still validates the date.
+    if b.len() == 10 && b[4] == b'-' && b[7] == b'-' {
+        let date = NaiveDate::from_ymd_opt(
+            digits(&b[0..4])? as i32,
+            digits(&b[5..7])?,
+            digits(&b[8..10])?,
+        )?;
+        return Some(date.to_epoch_days());
     }
     parse_rfc3339_ms(s).map(day_of)
 }
 
 /// Formats a UTC day number as `YYYY-MM-DD`. Days beyond chrono's range are clamped to it.
 pub fn format_day(day: i32) -> String {
-    let d = NaiveDate::from_epoch_days(day)
-        .unwrap_or(if day < 0 { NaiveDate::MIN } else { NaiveDate::MAX });
+    let d = NaiveDate::from_epoch_days(day).unwrap_or(if day < 0 {
+        NaiveDate::MIN
+    } else {
+        NaiveDate::MAX
+    });
     d.format("%Y-%m-%d").to_string()
 }
 
@@ -52,16 +117,35 @@ mod tests {
     #[test]
     fn parses_utc_offsets_and_fractions() {
         assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_rfc3339_ms("2026-11-20T10:15:00Z"), Some(1_795_169_700_000));
-        assert_eq!(parse_rfc3339_ms("2026-11-20T12:15:00+02:00"), Some(1_795_169_700_000));
-        assert_eq!(parse_rfc3339_ms("2026-11-20T10:15:00.123Z"), Some(1_795_169_700_123));
-        assert_eq!(parse_rfc3339_ms("2026-11-20T10:15:00.123999999Z"), Some(1_795_169_700_123));
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-20T10:15:00Z"),
+            Some(1_795_169_700_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-20T12:15:00+02:00"),
+            Some(1_795_169_700_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-20T10:15:00.123Z"),
+            Some(1_795_169_700_123)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-20T10:15:00.123999999Z"),
+            Some(1_795_169_700_123)
+        );
         assert_eq!(parse_rfc3339_ms("1969-12-31T23:59:59.5Z"), Some(-500));
     }
 
     #[test]
     fn rejects_what_is_not_rfc3339() {
-        for s in ["", "yesterday", "2026-11-20", "2026-11-20T10:15:00", "2026-13-01T00:00:00Z", "1795169700000"] {
+        for s in [
+            "",
+            "yesterday",
+            "2026-11-20",
+            "2026-11-20T10:15:00",
+            "2026-13-01T00:00:00Z",
+            "1795169700000",
+        ] {
             assert_eq!(parse_rfc3339_ms(s), None, "{s:?}");
         }
     }
@@ -69,7 +153,10 @@ mod tests {
     #[test]
     fn formats_with_millis_only_when_needed() {
         assert_eq!(format_rfc3339_ms(1_795_169_700_000), "2026-11-20T10:15:00Z");
-        assert_eq!(format_rfc3339_ms(1_795_169_700_123), "2026-11-20T10:15:00.123Z");
+        assert_eq!(
+            format_rfc3339_ms(1_795_169_700_123),
+            "2026-11-20T10:15:00.123Z"
+        );
         assert_eq!(format_rfc3339_ms(-500), "1969-12-31T23:59:59.500Z");
         assert_eq!(format_rfc3339_ms(0), "1970-01-01T00:00:00Z");
         // Clamped rather than panicking.
@@ -79,8 +166,59 @@ mod tests {
 
     #[test]
     fn rfc3339_round_trips() {
-        for ms in [0, 1, 999, 1000, -1, -1001, 1_795_169_700_123, 253_402_300_799_999] {
+        for ms in [
+            0,
+            1,
+            999,
+            1000,
+            -1,
+            -1001,
+            1_795_169_700_123,
+            253_402_300_799_999,
+        ] {
             assert_eq!(parse_rfc3339_ms(&format_rfc3339_ms(ms)), Some(ms), "{ms}");
+        }
+    }
+
+    #[test]
+    fn general_path_still_used_for_other_shapes() {
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-20t10:15:00z"),
+            Some(1_795_169_700_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-20T10:15:00.1234567891Z"),
+            Some(1_795_169_700_123)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2016-12-31T23:59:60Z"),
+            parse_rfc3339_ms("2017-01-01T00:00:00Z")
+        );
+        for s in [
+            "2026-11-20T24:00:00Z",
+            "2026-11-20T10:60:00Z",
+            "2026-02-29T10:15:00Z",
+            "2026-11-20T10:15:00.Z",
+            "2026-11-20T10:15:00+1Z",
+            "２026-11-20T10:15:00Z",
+        ] {
+            assert_eq!(parse_rfc3339_ms(s), None, "{s}");
+        }
+    }
+
+    proptest::proptest! {
+        /// The fast path agrees with chrono's general parser wherever it answers.
+        #[test]
+        fn fast_path_agrees_with_chrono(
+            y in 0u32..10_000, mo in 0u32..14, d in 0u32..33, h in 0u32..25, mi in 0u32..61, s in 0u32..61,
+            frac in proptest::option::of("[0-9]{1,9}"),
+        ) {
+            let text = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}{}Z", frac.map(|f| format!(".{f}")).unwrap_or_default());
+            let chrono = DateTime::parse_from_rfc3339(&text).ok().map(|t| t.timestamp_millis());
+            proptest::prop_assert_eq!(parse_canonical_utc(text.as_bytes()).or(chrono), chrono, "{}", text);
+            let day = format!("{y:04}-{mo:02}-{d:02}");
+            let chrono_day = NaiveDate::parse_from_str(&day, "%Y-%m-%d").ok().map(|d| d.to_epoch_days());
+            proptest::prop_assert_eq!(parse_date_day(&day), chrono_day, "{}", day);
         }
     }
 

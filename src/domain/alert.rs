@@ -9,7 +9,7 @@
 use crate::config::{Config, Severity};
 use crate::domain::event::{DAY_MS, day_of};
 use crate::domain::fold::money;
-use crate::domain::score::usage_window;
+use crate::domain::score::Windows;
 use crate::pb::AccountState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,21 +54,41 @@ impl Rule {
     pub fn settings(self, cfg: &Config) -> (bool, Severity, u32) {
         let a = &cfg.alerts;
         match self {
-            Rule::UsageDrop => (a.usage_drop.enabled, a.usage_drop.severity, a.usage_drop.cooldown_days),
-            Rule::GoneDark => (a.gone_dark.enabled, a.gone_dark.severity, a.gone_dark.cooldown_days),
-            Rule::NegativeCall => {
-                (a.negative_call.enabled, a.negative_call.severity, a.negative_call.cooldown_days)
-            }
-            Rule::EmailTrouble => {
-                (a.email_trouble.enabled, a.email_trouble.severity, a.email_trouble.cooldown_days)
-            }
+            Rule::UsageDrop => (
+                a.usage_drop.enabled,
+                a.usage_drop.severity,
+                a.usage_drop.cooldown_days,
+            ),
+            Rule::GoneDark => (
+                a.gone_dark.enabled,
+                a.gone_dark.severity,
+                a.gone_dark.cooldown_days,
+            ),
+            Rule::NegativeCall => (
+                a.negative_call.enabled,
+                a.negative_call.severity,
+                a.negative_call.cooldown_days,
+            ),
+            Rule::EmailTrouble => (
+                a.email_trouble.enabled,
+                a.email_trouble.severity,
+                a.email_trouble.cooldown_days,
+            ),
             Rule::RenewalAtRisk => (
                 a.renewal_at_risk.enabled,
                 a.renewal_at_risk.severity,
                 a.renewal_at_risk.cooldown_days,
             ),
-            Rule::DealLost => (a.deal_lost.enabled, a.deal_lost.severity, a.deal_lost.cooldown_days),
-            Rule::ScoreDrop => (a.score_drop.enabled, a.score_drop.severity, a.score_drop.cooldown_days),
+            Rule::DealLost => (
+                a.deal_lost.enabled,
+                a.deal_lost.severity,
+                a.deal_lost.cooldown_days,
+            ),
+            Rule::ScoreDrop => (
+                a.score_drop.enabled,
+                a.score_drop.severity,
+                a.score_drop.cooldown_days,
+            ),
         }
     }
 }
@@ -92,15 +112,33 @@ pub enum Check {
 
 /// Evaluates one rule. `score` is the score just computed, `max_recent` the highest score of the
 /// score-drop window.
-pub fn check(rule: Rule, s: &AccountState, now_ms: i64, score: u32, max_recent: u32, cfg: &Config) -> Check {
+pub fn check(
+    rule: Rule,
+    s: &AccountState,
+    w: &Windows,
+    now_ms: i64,
+    score: u32,
+    max_recent: u32,
+    cfg: &Config,
+) -> Check {
     let a = &cfg.alerts;
     let old_enough = now_ms - s.first_seen_ms >= a.min_account_age_days as i64 * DAY_MS;
     match rule {
         Rule::UsageDrop => {
             let r = &a.usage_drop;
-            let w = usage_window(s, now_ms);
-            if !w.has_baseline || w.weekly_avg28 < r.min_weekly_baseline {
+            let w = w.usage;
+            if !w.has_baseline {
                 return Check::Clear;
+            }
+            if w.weekly_avg28 < r.min_weekly_baseline {
+                // Too little usage to judge a drop: open nothing, and keep an open alert open
+                // unless usage is back at a healthy level (a dark account's baseline thins out
+                // without it having recovered).
+                return if w.last7 >= r.min_weekly_baseline * r.resolve_ratio {
+                    Check::Clear
+                } else {
+                    Check::Hold
+                };
             }
             let ratio = w.last7 / w.weekly_avg28;
             if ratio < r.drop_ratio {
@@ -125,6 +163,7 @@ pub fn check(rule: Rule, s: &AccountState, now_ms: i64, score: u32, max_recent: 
         }
         Rule::GoneDark => {
             let days = a.gone_dark.days as i64;
+            let _ = w;
             if s.last_usage_ms == 0 || !old_enough {
                 return Check::Clear;
             }
@@ -133,7 +172,10 @@ pub fn check(rule: Rule, s: &AccountState, now_ms: i64, score: u32, max_recent: 
                 Check::Firing(Firing {
                     episode_start_ms: s.last_usage_ms + days * DAY_MS,
                     evidence: vec![
-                        ("last_usage_at", crate::codec::time::format_rfc3339_ms(s.last_usage_ms)),
+                        (
+                            "last_usage_at",
+                            crate::codec::time::format_rfc3339_ms(s.last_usage_ms),
+                        ),
                         ("days_without_usage", (idle / DAY_MS).to_string()),
                     ],
                     message: format!(
@@ -160,16 +202,24 @@ pub fn check(rule: Rule, s: &AccountState, now_ms: i64, score: u32, max_recent: 
             now_ms,
             "email",
         ),
-        Rule::DealLost => {
-            window(s.deal_loss_ms, &s.deal_loss_detail, a.deal_lost.window_days, now_ms, "deal")
-        }
+        Rule::DealLost => window(
+            s.deal_loss_ms,
+            &s.deal_loss_detail,
+            a.deal_lost.window_days,
+            now_ms,
+            "deal",
+        ),
         Rule::RenewalAtRisk => {
             let r = &a.renewal_at_risk;
             let today = day_of(now_ms);
             let renewal = s
                 .open_deals
                 .iter()
-                .filter(|d| d.kind == "renewal" && d.close_day >= today && d.close_day <= today + r.within_days as i32)
+                .filter(|d| {
+                    d.kind == "renewal"
+                        && d.close_day >= today
+                        && d.close_day <= today + r.within_days as i32
+                })
                 .min_by_key(|d| d.close_day);
             match renewal {
                 Some(d) if old_enough && score < r.score_below => Check::Firing(Firing {
@@ -205,10 +255,7 @@ pub fn check(rule: Rule, s: &AccountState, now_ms: i64, score: u32, max_recent: 
                     episode_start_ms: now_ms,
                     evidence: vec![
                         ("score", score.to_string()),
-                        (
-                            "highest_recent",
-                            max_recent.to_string(),
-                        ),
+                        ("highest_recent", max_recent.to_string()),
                         ("window_days", r.window_days.to_string()),
                     ],
                     message: if into_red {
@@ -256,4 +303,21 @@ pub fn alert_id(account_id: &str, rule: Rule, episode_start_ms: i64) -> String {
     h.update(rule.name().as_bytes());
     h.update(&episode_start_ms.to_be_bytes());
     format!("{:032x}", h.digest128())
+}
+
+impl Rule {
+    /// What the rule watches, for resolution messages.
+    pub fn condition(self) -> &'static str {
+        match self {
+            Rule::UsageDrop => "product usage is back near its 28-day average",
+            Rule::GoneDark => "product usage has resumed",
+            Rule::NegativeCall => "no negative call within the rule's window",
+            Rule::EmailTrouble => "no bounce, unsubscribe or complaint within the rule's window",
+            Rule::RenewalAtRisk => {
+                "the renewal is no longer at risk (score recovered, or the renewal closed)"
+            }
+            Rule::DealLost => "the lost deal is past the rule's window",
+            Rule::ScoreDrop => "the health score has recovered",
+        }
+    }
 }

@@ -8,8 +8,8 @@ use crate::config::{Config, Severity};
 use crate::domain::alert::{self, Check, RULES, Rule};
 use crate::domain::event::{DAY_MS, day_of};
 use crate::domain::score::{self, Band, COMPONENTS, Driver};
-use crate::domain::state::SCORE_DAYS;
-use crate::pb::{AccountState, Cooldown, DayScore, OpenAlert};
+use crate::domain::state::{SCORE_DAYS, rel_day};
+use crate::pb::{AccountState, Cooldown, OpenAlert};
 
 /// A health-score change to publish.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,8 +64,14 @@ pub enum Output {
 
 /// Evaluates the account at `now_ms`, appends what is to be emitted to `out`, and returns the
 /// time of its next check (its timer), if any.
-pub fn evaluate(s: &mut AccountState, now_ms: i64, cfg: &Config, out: &mut Vec<Output>) -> Option<i64> {
-    let values = score::components(s, now_ms, cfg);
+pub fn evaluate(
+    s: &mut AccountState,
+    now_ms: i64,
+    cfg: &Config,
+    out: &mut Vec<Output>,
+) -> Option<i64> {
+    let w = score::windows(s, now_ms);
+    let values = score::components_with(s, &w, now_ms, cfg);
     let Some(scored) = score::score(&values, cfg) else {
         return next_check(s, now_ms, cfg);
     };
@@ -73,21 +79,37 @@ pub fn evaluate(s: &mut AccountState, now_ms: i64, cfg: &Config, out: &mut Vec<O
     let today = day_of(now_ms);
 
     // Daily high and low of the score, for the score-drop rule.
-    match s.score_days.last_mut() {
-        Some(d) if d.day == today => {
-            d.max = d.max.max(sc);
-            d.min = d.min.min(sc);
+    let rd = rel_day(today);
+    match s.score_day.last() {
+        Some(&d) if d == rd => {
+            let i = s.score_day.len() - 1;
+            s.score_max[i] = s.score_max[i].max(sc);
+            s.score_min[i] = s.score_min[i].min(sc);
         }
-        Some(d) if d.day > today => {}
-        _ => s.score_days.push(DayScore { day: today, max: sc, min: sc }),
+        Some(&d) if d > rd => {}
+        _ => {
+            s.score_day.push(rd);
+            s.score_max.push(sc);
+            s.score_min.push(sc);
+        }
     }
-    s.score_days.retain(|d| d.day > today - SCORE_DAYS);
+    let keep_from = s
+        .score_day
+        .iter()
+        .position(|&d| d > rd - SCORE_DAYS)
+        .unwrap_or(s.score_day.len());
+    if keep_from > 0 {
+        s.score_day.drain(..keep_from);
+        s.score_max.drain(..keep_from);
+        s.score_min.drain(..keep_from);
+    }
     let window = cfg.alerts.score_drop.window_days as i32;
     let max_recent = s
-        .score_days
+        .score_day
         .iter()
-        .filter(|d| d.day > today - window)
-        .map(|d| d.max)
+        .zip(&s.score_max)
+        .filter(|(d, _)| **d > rd - window)
+        .map(|(_, m)| *m)
         .max()
         .unwrap_or(sc);
     s.current_score = sc;
@@ -102,13 +124,8 @@ pub fn evaluate(s: &mut AccountState, now_ms: i64, cfg: &Config, out: &mut Vec<O
         sc.abs_diff(s.emitted_score) >= cfg.scorecard.min_score_delta || band != prev_band
     };
     if emit {
-        let previous: Option<[Option<f64>; 7]> = s.scored.then(|| {
-            let mut p = [None; 7];
-            for (i, v) in s.emitted_components.iter().enumerate().take(7) {
-                p[i] = (*v >= 0.0).then_some(*v);
-            }
-            p
-        });
+        let previous: Option<[Option<f64>; 7]> =
+            s.scored.then(|| score::from_stored(&s.emitted_components));
         let drivers = score::drivers(s, now_ms, previous.as_ref(), &values, cfg);
         s.emit_seq += 1;
         out.push(Output::Score(ScoreChange {
@@ -138,23 +155,27 @@ pub fn evaluate(s: &mut AccountState, now_ms: i64, cfg: &Config, out: &mut Vec<O
             continue;
         }
         let open_idx = s.open_alerts.iter().position(|a| a.rule == rule.name());
-        match (alert::check(rule, s, now_ms, sc, max_recent, cfg), open_idx) {
+        match (
+            alert::check(rule, s, &w, now_ms, sc, max_recent, cfg),
+            open_idx,
+        ) {
             (Check::Firing(f), None) => {
                 if s.cooldowns.iter().any(|c| c.rule == rule.name()) {
                     continue;
                 }
                 let id = alert::alert_id(&s.account_id, rule, f.episode_start_ms);
-                let evidence: Vec<(String, String)> =
-                    f.evidence.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-                let sev = escalate(rule, severity, s, now_ms);
+                let evidence: Vec<(String, String)> = f
+                    .evidence
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect();
+                let sev = escalate(rule, severity, &w);
                 s.open_alerts.push(OpenAlert {
                     rule: rule.name().to_owned(),
-                    alert_id: id.clone(),
+                    episode_start_ms: f.episode_start_ms,
                     opened_ms: now_ms,
                     severity: sev.as_str().to_owned(),
                     opened_score: sc,
-                    evidence: evidence.iter().cloned().collect(),
-                    message: f.message.clone(),
                 });
                 out.push(Output::Alert(AlertChange {
                     alert_id: id,
@@ -171,10 +192,13 @@ pub fn evaluate(s: &mut AccountState, now_ms: i64, cfg: &Config, out: &mut Vec<O
             }
             (Check::Clear, Some(i)) => {
                 let a = s.open_alerts.remove(i);
-                let mut evidence: Vec<(String, String)> = a.evidence.into_iter().collect();
-                evidence.sort();
+                let days = (now_ms - a.opened_ms) / DAY_MS;
+                let evidence = vec![
+                    ("opened_score".to_owned(), a.opened_score.to_string()),
+                    ("open_days".to_owned(), days.to_string()),
+                ];
                 out.push(Output::Alert(AlertChange {
-                    alert_id: a.alert_id,
+                    alert_id: alert::alert_id(&s.account_id, rule, a.episode_start_ms),
                     account_id: s.account_id.clone(),
                     rule,
                     severity: a.severity,
@@ -183,7 +207,12 @@ pub fn evaluate(s: &mut AccountState, now_ms: i64, cfg: &Config, out: &mut Vec<O
                     resolved_at_ms: Some(now_ms),
                     health_score: sc,
                     evidence,
-                    message: format!("Resolved: {}", a.message),
+                    message: format!(
+                        "Resolved after {days} days: {}; health score {} (was {} when opened).",
+                        rule.condition(),
+                        sc,
+                        a.opened_score
+                    ),
                 }));
                 s.cooldowns.push(Cooldown {
                     rule: rule.name().to_owned(),
@@ -198,10 +227,10 @@ pub fn evaluate(s: &mut AccountState, now_ms: i64, cfg: &Config, out: &mut Vec<O
 
 /// A renewal at risk with little time left, or usage that has all but stopped, is more urgent
 /// than the rule's configured severity.
-fn escalate(rule: Rule, sev: Severity, s: &AccountState, now_ms: i64) -> Severity {
+fn escalate(rule: Rule, sev: Severity, w: &score::Windows) -> Severity {
     match rule {
         Rule::UsageDrop => {
-            let w = score::usage_window(s, now_ms);
+            let w = w.usage;
             if w.weekly_avg28 > 0.0 && w.last7 / w.weekly_avg28 < 0.2 {
                 return sev.max(Severity::Critical);
             }
@@ -222,7 +251,12 @@ fn next_check(s: &AccountState, now_ms: i64, cfg: &Config) -> Option<i64> {
         }
     };
     if s.last_usage_ms > 0 {
-        for days in [7, a.gone_dark.days, 21, cfg.scorecard.components.recency.zero_days] {
+        for days in [
+            7,
+            a.gone_dark.days,
+            21,
+            cfg.scorecard.components.recency.zero_days,
+        ] {
             consider(s.last_usage_ms + days as i64 * DAY_MS);
         }
     }
@@ -235,7 +269,11 @@ fn next_check(s: &AccountState, now_ms: i64, cfg: &Config) -> Option<i64> {
             consider(t + days as i64 * DAY_MS);
         }
     }
-    for d in s.open_deals.iter().filter(|d| d.kind == "renewal" && d.close_day != 0) {
+    for d in s
+        .open_deals
+        .iter()
+        .filter(|d| d.kind == "renewal" && d.close_day != 0)
+    {
         consider((d.close_day as i64 - a.renewal_at_risk.within_days as i64) * DAY_MS);
         consider((d.close_day as i64 + 1) * DAY_MS);
     }

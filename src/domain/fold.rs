@@ -10,7 +10,8 @@ use crate::domain::event::{
     ProductUsage, day_of,
 };
 use crate::domain::state::{
-    ARR_HISTORY_DAYS, MAX_OPEN_DEALS, bucket_mut, id_hash, prune_buckets, touch,
+    ADOPTION_DAYS, ARR_HISTORY_DAYS, MAX_OPEN_DEALS, bucket_mut, id_hash, prune_buckets,
+    prune_tracked, rel_day, touch,
 };
 use crate::pb::{AccountState, ArrChange, OpenDeal};
 
@@ -24,6 +25,11 @@ pub fn fold(s: &mut AccountState, ev: &Event, late: bool, cfg: &Config) {
         s.first_seen_ms = t;
     }
     if t > s.max_event_ms {
+        if day_of(t) != day_of(s.max_event_ms) {
+            let since = rel_day(day_of(t) - (ADOPTION_DAYS - 1));
+            prune_tracked(&mut s.user_hash, &mut s.user_day, since);
+            prune_tracked(&mut s.feature_hash, &mut s.feature_day, since);
+        }
         s.max_event_ms = t;
         prune_buckets(s, day_of(t));
     }
@@ -40,13 +46,26 @@ pub fn fold(s: &mut AccountState, ev: &Event, late: bool, cfg: &Config) {
 fn fold_usage(s: &mut AccountState, u: &ProductUsage, t: i64, day: i32, latest_day: i32) {
     if let Some(b) = bucket_mut(s, day, latest_day) {
         b.usage_events += 1;
-        b.usage_quantity += u.quantity;
     }
-    if let Some(user) = &u.user_id {
-        touch(&mut s.user_hash, &mut s.user_day, id_hash(user), day);
+    // `quantity` is validated but the scorecard counts events: volumes of different features
+    // are not comparable units.
+    let _ = u.quantity;
+    let recent = day > latest_day - ADOPTION_DAYS;
+    if let Some(user) = u.user_id.as_deref().filter(|_| recent) {
+        touch(
+            &mut s.user_hash,
+            &mut s.user_day,
+            id_hash(user),
+            rel_day(day),
+        );
     }
-    if let Some(feature) = &u.feature {
-        touch(&mut s.feature_hash, &mut s.feature_day, id_hash(feature), day);
+    if let Some(feature) = u.feature.as_deref().filter(|_| recent) {
+        touch(
+            &mut s.feature_hash,
+            &mut s.feature_day,
+            id_hash(feature),
+            rel_day(day),
+        );
     }
     s.last_usage_ms = s.last_usage_ms.max(t);
 }
@@ -97,7 +116,10 @@ fn fold_call(
         .filter(|topic| rule.risk_topics.iter().any(|r| r == *topic))
         .map(String::as_str)
         .collect();
-    let reached = !matches!(c.outcome, Some(CallOutcome::NoAnswer | CallOutcome::Voicemail));
+    let reached = !matches!(
+        c.outcome,
+        Some(CallOutcome::NoAnswer | CallOutcome::Voicemail)
+    );
     if let Some(b) = bucket_mut(s, day, latest_day) {
         if reached {
             b.calls += 1;
@@ -189,7 +211,11 @@ fn fold_deal(s: &mut AccountState, d: &Deal, t: i64, late: bool) {
         (DealKind::Renewal, true) if d.amount.is_some() => amount,
         (DealKind::Renewal, true) => before,
         (DealKind::Contraction, true) => {
-            loss = Some(format!("Contraction of {} closed won (deal {}).", money(amount), d.deal_id));
+            loss = Some(format!(
+                "Contraction of {} closed won (deal {}).",
+                money(amount),
+                d.deal_id
+            ));
             (before - amount).max(0.0)
         }
         (DealKind::Cancellation, true) => {
@@ -213,12 +239,19 @@ fn fold_deal(s: &mut AccountState, d: &Deal, t: i64, late: bool) {
     if after != before || !s.has_arr {
         s.has_arr = true;
         s.arr = after;
-        s.arr_changes.push(ArrChange { at_ms: t, arr_after: after });
+        s.arr_changes.push(ArrChange {
+            at_ms: t,
+            arr_after: after,
+        });
         // Keep history ordered by time even when a deal event arrives late.
         s.arr_changes.sort_by_key(|c| c.at_ms);
         let horizon = s.max_event_ms - ARR_HISTORY_DAYS as i64 * crate::domain::event::DAY_MS;
         // Keep the last change before the horizon: it is the ARR in force a year ago.
-        let keep_from = s.arr_changes.iter().rposition(|c| c.at_ms <= horizon).unwrap_or(0);
+        let keep_from = s
+            .arr_changes
+            .iter()
+            .rposition(|c| c.at_ms <= horizon)
+            .unwrap_or(0);
         s.arr_changes.drain(..keep_from);
     }
 }

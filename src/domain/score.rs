@@ -10,7 +10,7 @@
 use crate::config::{Bands, Config};
 use crate::domain::event::{DAY_MS, day_of};
 use crate::domain::fold::money;
-use crate::domain::state::{active_since, buckets_in};
+use crate::domain::state::{active_since, buckets_in, rel_day};
 use crate::pb::AccountState;
 
 /// The scorecard's components, in a fixed order (their index is stored in the state).
@@ -100,14 +100,62 @@ pub struct UsageWindow {
 }
 
 pub fn usage_window(s: &AccountState, now_ms: i64) -> UsageWindow {
+    windows(s, now_ms).usage
+}
+
+/// Every windowed sum the scorecard and the rules read, from one pass over the buckets.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Windows {
+    pub usage: UsageWindow,
+    /// Days with usage in the last 28.
+    pub active_days28: u32,
+    /// Email activity in the last 30 days.
+    pub emails_out30: u32,
+    pub replies30: u32,
+    pub clicks30: u32,
+    pub opens30: u32,
+    pub email_bad30: u32,
+    /// Calls (and missed meetings) in the last 60 days.
+    pub calls60: u32,
+    pub missed60: u32,
+    pub sentiment_milli60: i64,
+    pub sentiment_n60: u32,
+    pub risk_mentions30: u32,
+}
+
+pub fn windows(s: &AccountState, now_ms: i64) -> Windows {
     let today = day_of(now_ms);
-    let last7: u32 = buckets_in(s, today - 6, today).map(|b| b.usage_events).sum();
-    let prior: u32 = buckets_in(s, today - 34, today - 7).map(|b| b.usage_events).sum();
-    UsageWindow {
+    let mut w = Windows::default();
+    let (mut last7, mut prior) = (0u32, 0u32);
+    for b in buckets_in(s, today - 59, today) {
+        let age = today - (s.base_day + b.day as i32);
+        if age < 7 {
+            last7 += b.usage_events;
+        } else if age < 35 {
+            prior += b.usage_events;
+        }
+        if age < 28 && b.usage_events > 0 {
+            w.active_days28 += 1;
+        }
+        if age < 30 {
+            w.emails_out30 += b.emails_out;
+            w.replies30 += b.email_replies;
+            w.clicks30 += b.email_clicks;
+            w.opens30 += b.email_opens;
+            w.email_bad30 += b.email_bad;
+            w.risk_mentions30 += b.risk_mentions;
+        }
+        w.calls60 += b.calls + b.meetings_missed;
+        w.missed60 += b.meetings_missed;
+        w.sentiment_milli60 += b.sentiment_milli_sum as i64;
+        w.sentiment_n60 += b.sentiment_n;
+    }
+    w.usage = UsageWindow {
         last7: last7 as f64,
         weekly_avg28: prior as f64 / 4.0,
         has_baseline: s.first_seen_ms > 0 && day_of(s.first_seen_ms) <= today - 34,
-    }
+    };
+    w
 }
 
 /// The evaluated scorecard of one account at one moment.
@@ -119,10 +167,22 @@ pub struct Scored {
 }
 
 impl Scored {
-    /// The values as stored in the state (-1 for no data).
-    pub fn stored(&self) -> Vec<f64> {
-        self.values.iter().map(|v| v.unwrap_or(-1.0)).collect()
+    /// The values as stored in the state: tenths of a point plus one, 0 for no data.
+    pub fn stored(&self) -> Vec<u32> {
+        self.values
+            .iter()
+            .map(|v| v.map_or(0, |v| (v * 10.0).round() as u32 + 1))
+            .collect()
     }
+}
+
+/// Component values back from their stored form.
+pub fn from_stored(stored: &[u32]) -> [Option<f64>; 7] {
+    let mut p = [None; 7];
+    for (i, v) in stored.iter().enumerate().take(7) {
+        p[i] = (*v > 0).then(|| (*v - 1) as f64 / 10.0);
+    }
+    p
 }
 
 fn clamp01(x: f64) -> f64 {
@@ -131,60 +191,57 @@ fn clamp01(x: f64) -> f64 {
 
 /// Computes each component's value; `None` when it has no data.
 pub fn components(s: &AccountState, now_ms: i64, cfg: &Config) -> [Option<f64>; 7] {
+    components_with(s, &windows(s, now_ms), now_ms, cfg)
+}
+
+pub fn components_with(
+    s: &AccountState,
+    w: &Windows,
+    now_ms: i64,
+    cfg: &Config,
+) -> [Option<f64>; 7] {
     let c = &cfg.scorecard.components;
     let today = day_of(now_ms);
-    let has_usage = s.last_usage_ms > 0;
     let mut out = [None; 7];
 
-    if has_usage {
-        let active = buckets_in(s, today - 27, today).filter(|b| b.usage_events > 0).count();
-        out[0] = Some(100.0 * clamp01(active as f64 / c.usage_frequency.target_active_days as f64));
-
-        let w = usage_window(s, now_ms);
-        if w.has_baseline && w.weekly_avg28 > 0.0 {
+    if s.last_usage_ms > 0 {
+        out[0] = Some(
+            100.0 * clamp01(w.active_days28 as f64 / c.usage_frequency.target_active_days as f64),
+        );
+        if w.usage.has_baseline && w.usage.weekly_avg28 > 0.0 {
             // Full marks at or above the baseline, zero at a fifth of it.
-            let r = w.last7 / w.weekly_avg28;
+            let r = w.usage.last7 / w.usage.weekly_avg28;
             out[1] = Some(100.0 * clamp01((r - 0.2) / 0.8));
         }
-
-        let users = active_since(&s.user_day, today - 29) as f64;
-        let features = active_since(&s.feature_day, today - 29) as f64;
+        let users = active_since(&s.user_day, rel_day(today - 29)) as f64;
+        let features = active_since(&s.feature_day, rel_day(today - 29)) as f64;
         out[2] = Some(
             50.0 * clamp01(users / c.adoption.target_users as f64)
                 + 50.0 * clamp01(features / c.adoption.target_features as f64),
         );
-
         let idle_days = (now_ms - s.last_usage_ms).max(0) as f64 / DAY_MS as f64;
         let (full, zero) = (c.recency.full_days as f64, c.recency.zero_days as f64);
         out[6] = Some(100.0 * clamp01((zero - idle_days) / (zero - full)));
     }
 
-    let (mut sent, mut engaged, mut bad) = (0u32, 0.0f64, 0u32);
-    for b in buckets_in(s, today - 29, today) {
-        sent += b.emails_out;
-        engaged += b.email_replies as f64 + b.email_clicks as f64 / 2.0 + b.email_opens as f64 / 4.0;
-        bad += b.email_bad;
-    }
-    if sent > 0 || engaged > 0.0 || bad > 0 {
-        let rate = engaged / sent.max(1) as f64;
+    let engaged = w.replies30 as f64 + w.clicks30 as f64 / 2.0 + w.opens30 as f64 / 4.0;
+    // A rate over one or two emails says little: judge it from three, or on trouble.
+    if w.emails_out30 >= 3 || w.replies30 > 0 || w.email_bad30 > 0 {
+        let rate = engaged / w.emails_out30.max(1) as f64;
         let base = 100.0 * clamp01(rate / c.email_engagement.target_engagement_rate);
-        out[3] = Some((base - 20.0 * bad as f64).max(0.0));
+        out[3] = Some((base - 20.0 * w.email_bad30 as f64).max(0.0));
     }
 
-    let (mut calls, mut sum, mut n, mut missed, mut risk) = (0u32, 0i64, 0u32, 0u32, 0u32);
-    for b in buckets_in(s, today - 59, today) {
-        calls += b.calls + b.meetings_missed;
-        sum += b.sentiment_milli_sum as i64;
-        n += b.sentiment_n;
-        missed += b.meetings_missed;
-    }
-    for b in buckets_in(s, today - 29, today) {
-        risk += b.risk_mentions;
-    }
-    if calls > 0 || n > 0 {
-        let avg = if n > 0 { sum as f64 / n as f64 / 1000.0 } else { 0.4 };
+    if w.calls60 > 0 || w.sentiment_n60 > 0 {
+        let avg = if w.sentiment_n60 > 0 {
+            w.sentiment_milli60 as f64 / w.sentiment_n60 as f64 / 1000.0
+        } else {
+            0.4
+        };
         let base = (avg + 1.0) * 50.0;
-        out[4] = Some((base - 10.0 * missed as f64 - 15.0 * risk as f64).clamp(0.0, 100.0));
+        out[4] = Some(
+            (base - 10.0 * w.missed60 as f64 - 15.0 * w.risk_mentions30 as f64).clamp(0.0, 100.0),
+        );
     }
 
     if s.has_arr {
@@ -194,7 +251,10 @@ pub fn components(s: &AccountState, now_ms: i64, cfg: &Config) -> [Option<f64>; 
             let nrr = net_retention(s, now_ms).unwrap_or(1.0);
             // NRR 110% or more earns full marks, 70% or less nothing.
             let mut v = 100.0 * clamp01((nrr - 0.7) / 0.4);
-            if s.open_deals.iter().any(|d| d.kind == "contraction" || d.kind == "cancellation") {
+            if s.open_deals
+                .iter()
+                .any(|d| d.kind == "contraction" || d.kind == "cancellation")
+            {
                 v -= 25.0;
             }
             v
@@ -239,8 +299,13 @@ pub fn gross_retention(s: &AccountState, now_ms: i64) -> Option<f64> {
     Some(((ago - lost) / ago).max(0.0))
 }
 
-/// The weighted score with proportional redistribution; `None` when no component has data.
+/// The weighted score with proportional redistribution; `None` until at least
+/// `scorecard.min_components` components have data (one reading is not a health score).
 pub fn score(values: &[Option<f64>; 7], cfg: &Config) -> Option<Scored> {
+    if values.iter().filter(|v| v.is_some()).count() < cfg.scorecard.min_components.max(1) as usize
+    {
+        return None;
+    }
     let total: f64 = COMPONENTS
         .iter()
         .zip(values)
@@ -250,7 +315,10 @@ pub fn score(values: &[Option<f64>; 7], cfg: &Config) -> Option<Scored> {
         return None;
     }
     let raw: f64 = contributions(values, cfg).iter().sum();
-    Some(Scored { score: raw.round().clamp(0.0, 100.0) as u32, values: *values })
+    Some(Scored {
+        score: raw.round().clamp(0.0, 100.0) as u32,
+        values: *values,
+    })
 }
 
 /// Each component's contribution in points (0 for a component without data).
@@ -308,8 +376,10 @@ pub fn drivers(
                 .collect()
         }
     };
-    let mut ranked: Vec<(usize, f64)> =
-        impacts.into_iter().filter(|(_, x)| x.abs() >= 0.05).collect();
+    let mut ranked: Vec<(usize, f64)> = impacts
+        .into_iter()
+        .filter(|(_, x)| x.abs() >= 0.05)
+        .collect();
     // Largest moves first; the component order breaks ties so the output is deterministic.
     ranked.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(&b.0)));
     ranked
@@ -329,7 +399,7 @@ pub fn explain(c: Component, s: &AccountState, now_ms: i64, cfg: &Config) -> Str
     let k = &cfg.scorecard.components;
     match c {
         Component::UsageFrequency => {
-            let active = buckets_in(s, today - 27, today).filter(|b| b.usage_events > 0).count();
+            let active = windows(s, now_ms).active_days28;
             format!(
                 "Active on {active} of the last 28 days (target {}).",
                 k.usage_frequency.target_active_days
@@ -351,8 +421,8 @@ pub fn explain(c: Component, s: &AccountState, now_ms: i64, cfg: &Config) -> Str
         }
         Component::Adoption => format!(
             "{} active users and {} features used in the last 30 days (targets {} and {}).",
-            active_since(&s.user_day, today - 29),
-            active_since(&s.feature_day, today - 29),
+            active_since(&s.user_day, rel_day(today - 29)),
+            active_since(&s.feature_day, rel_day(today - 29)),
             k.adoption.target_users,
             k.adoption.target_features
         ),
@@ -404,10 +474,15 @@ pub fn explain(c: Component, s: &AccountState, now_ms: i64, cfg: &Config) -> Str
         Component::Commercial => {
             let mut t = format!("ARR {}", money(s.arr));
             if let Some(nrr) = net_retention(s, now_ms) {
-                t.push_str(&format!(", net revenue retention {:.0}% against a year ago", nrr * 100.0));
+                t.push_str(&format!(
+                    ", net revenue retention {:.0}% against a year ago",
+                    nrr * 100.0
+                ));
             }
-            if let Some(d) =
-                s.open_deals.iter().find(|d| d.kind == "contraction" || d.kind == "cancellation")
+            if let Some(d) = s
+                .open_deals
+                .iter()
+                .find(|d| d.kind == "contraction" || d.kind == "cancellation")
             {
                 t.push_str(&format!("; open {} deal {}", d.kind, d.deal_id));
             }
@@ -447,8 +522,24 @@ mod tests {
     fn drivers_sum_to_the_change() {
         let cfg = Config::defaults();
         let s = crate::domain::state::new_state("a", 0);
-        let prev = [Some(90.0), Some(90.0), Some(80.0), None, None, Some(75.0), Some(100.0)];
-        let now = [Some(50.0), Some(20.0), Some(70.0), None, Some(30.0), Some(75.0), Some(60.0)];
+        let prev = [
+            Some(90.0),
+            Some(90.0),
+            Some(80.0),
+            None,
+            None,
+            Some(75.0),
+            Some(100.0),
+        ];
+        let now = [
+            Some(50.0),
+            Some(20.0),
+            Some(70.0),
+            None,
+            Some(30.0),
+            Some(75.0),
+            Some(60.0),
+        ];
         let d = drivers(&s, 0, Some(&prev), &now, &cfg);
         assert_eq!(d[0].signal, "usage_trend");
         assert!(d.iter().all(|x| x.impact < 0.0));

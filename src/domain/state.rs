@@ -76,7 +76,13 @@ pub fn bucket_mut(state: &mut AccountState, day: i32, latest_day: i32) -> Option
     let idx = match state.days.binary_search_by_key(&off, |b| b.day) {
         Ok(i) => i,
         Err(i) => {
-            state.days.insert(i, DayBucket { day: off, ..Default::default() });
+            state.days.insert(
+                i,
+                DayBucket {
+                    day: off,
+                    ..Default::default()
+                },
+            );
             i
         }
     };
@@ -110,6 +116,30 @@ pub fn buckets_in(state: &AccountState, from: i32, to: i32) -> impl Iterator<Ite
     })
 }
 
+/// Day numbers stored in the state count from 2020-01-01, so they stay two-byte varints.
+pub const EPOCH_DAY: i32 = 18_262;
+
+/// A UTC day number as stored in `user_day`, `feature_day` and `score_day`.
+pub fn rel_day(day: i32) -> i32 {
+    day - EPOCH_DAY
+}
+
+/// Days a user or feature stays in the adoption tables after its last activity.
+pub const ADOPTION_DAYS: i32 = 30;
+
+/// Drops users and features not active within the adoption window ending at `day` (stored form).
+pub fn prune_tracked(hashes: &mut Vec<u32>, days: &mut Vec<i32>, since: i32) {
+    let mut i = 0;
+    while i < hashes.len() {
+        if days[i] < since {
+            hashes.swap_remove(i);
+            days.swap_remove(i);
+        } else {
+            i += 1;
+        }
+    }
+}
+
 /// Records that `hash` was active on `day` in a bounded (hash, last day) table.
 pub fn touch(hashes: &mut Vec<u32>, days: &mut Vec<i32>, hash: u32, day: i32) {
     if let Some(i) = hashes.iter().position(|&h| h == hash) {
@@ -120,7 +150,11 @@ pub fn touch(hashes: &mut Vec<u32>, days: &mut Vec<i32>, hash: u32, day: i32) {
     }
     if hashes.len() >= MAX_TRACKED {
         // Evict the least recently active; ties go to the lowest index, which is deterministic.
-        let (i, &d) = days.iter().enumerate().min_by_key(|&(_, d)| *d).expect("non-empty");
+        let (i, &d) = days
+            .iter()
+            .enumerate()
+            .min_by_key(|&(_, d)| *d)
+            .expect("non-empty");
         if d >= day {
             return;
         }
@@ -154,11 +188,22 @@ mod tests {
         assert_eq!(s.base_day, 95);
         let total: u32 = buckets_in(&s, 0, 1000).map(|b| b.usage_events).sum();
         assert_eq!(total, 6);
-        assert!(bucket_mut(&mut s, 20, 120).is_none(), "older than 90 days is refused");
+        assert!(
+            bucket_mut(&mut s, 20, 120).is_none(),
+            "older than 90 days is refused"
+        );
         prune_buckets(&mut s, 190);
-        assert_eq!(buckets_in(&s, 0, 1000).map(|b| b.usage_events).sum::<u32>(), 0);
-        prune_buckets(&mut s, 100 + 89);
-        bucket_mut(&mut s, 150, 190).unwrap().usage_events += 1;
+        assert_eq!(
+            buckets_in(&s, 0, 1000).map(|b| b.usage_events).sum::<u32>(),
+            3,
+            "day 120 is kept"
+        );
+        prune_buckets(&mut s, 210);
+        assert_eq!(
+            buckets_in(&s, 0, 1000).map(|b| b.usage_events).sum::<u32>(),
+            0
+        );
+        bucket_mut(&mut s, 150, 210).unwrap().usage_events += 1;
         assert_eq!(buckets_in(&s, 150, 150).count(), 1);
     }
 
@@ -169,7 +214,10 @@ mod tests {
             touch(&mut h, &mut d, i, i as i32);
         }
         assert_eq!(h.len(), MAX_TRACKED);
-        assert_eq!(active_since(&d, 200 - MAX_TRACKED as i32), MAX_TRACKED as u32);
+        assert_eq!(
+            active_since(&d, 200 - MAX_TRACKED as i32),
+            MAX_TRACKED as u32
+        );
     }
 
     #[test]

@@ -25,12 +25,19 @@ pub struct FileSink {
 
 impl FileSink {
     pub fn open(dir: &Path) -> Result<FileSink, SinkError> {
-        let err = |p: &Path, e| SinkError::Io { path: p.display().to_string(), source: e };
+        let err = |p: &Path, e| SinkError::Io {
+            path: p.display().to_string(),
+            source: e,
+        };
         std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
         let open = |name: &str| -> Result<BufWriter<File>, SinkError> {
             let p = dir.join(name);
             drop_partial_line(&p).map_err(|e| err(&p, e))?;
-            let f = OpenOptions::new().create(true).append(true).open(&p).map_err(|e| err(&p, e))?;
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&p)
+                .map_err(|e| err(&p, e))?;
             Ok(BufWriter::with_capacity(1 << 20, f))
         };
         Ok(FileSink {
@@ -42,7 +49,10 @@ impl FileSink {
     }
 
     fn io(&self, e: std::io::Error) -> SinkError {
-        SinkError::Io { path: self.dir.display().to_string(), source: e }
+        SinkError::Io {
+            path: self.dir.display().to_string(),
+            source: e,
+        }
     }
 }
 
@@ -50,7 +60,9 @@ impl FileSink {
 /// outbox (it was never confirmed) and will be written again whole, so the fragment goes.
 fn drop_partial_line(p: &Path) -> std::io::Result<()> {
     use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = OpenOptions::new().read(true).write(true).open(p) else { return Ok(()) };
+    let Ok(mut f) = OpenOptions::new().read(true).write(true).open(p) else {
+        return Ok(());
+    };
     let len = f.metadata()?.len();
     if len == 0 {
         return Ok(());
@@ -78,7 +90,12 @@ fn drop_partial_line(p: &Path) -> std::io::Result<()> {
 
 /// The JSON line of a dead letter in a file sink.
 pub fn dead_letter_json(rec: &OutboxRecord, out: &mut Vec<u8>) {
-    let h = |k: &str| rec.headers.get(k).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+    let h = |k: &str| {
+        rec.headers
+            .get(k)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default()
+    };
     let mut obj = serde_json::Map::new();
     obj.insert("type".into(), "dead_letter".into());
     obj.insert("reason".into(), h("reason").into());
@@ -95,7 +112,9 @@ pub fn dead_letter_json(rec: &OutboxRecord, out: &mut Vec<u8>) {
     }
     obj.insert(
         "original_base64".into(),
-        base64::engine::general_purpose::STANDARD.encode(&rec.payload).into(),
+        base64::engine::general_purpose::STANDARD
+            .encode(&rec.payload)
+            .into(),
     );
     if let Ok(text) = std::str::from_utf8(&rec.payload) {
         obj.insert("original".into(), text.into());
@@ -105,8 +124,9 @@ pub fn dead_letter_json(rec: &OutboxRecord, out: &mut Vec<u8>) {
 
 impl Sink for FileSink {
     fn send(&mut self, seq: u64, rec: &OutboxRecord) -> Result<(), SinkError> {
-        let kind = OutputKind::from_u32(rec.kind)
-            .ok_or_else(|| SinkError::Other(format!("outbox record {seq} has unknown kind {}", rec.kind)))?;
+        let kind = OutputKind::from_u32(rec.kind).ok_or_else(|| {
+            SinkError::Other(format!("outbox record {seq} has unknown kind {}", rec.kind))
+        })?;
         let mut line = std::mem::take(&mut self.line);
         line.clear();
         match kind {
@@ -124,7 +144,10 @@ impl Sink for FileSink {
     fn confirmed(&mut self, _wait: bool) -> Result<u64, SinkError> {
         // Written to the OS: a killed process loses nothing from here on.
         for i in 0..3 {
-            self.files[i].flush().map_err(|e| SinkError::Io { path: self.dir.display().to_string(), source: e })?;
+            self.files[i].flush().map_err(|e| SinkError::Io {
+                path: self.dir.display().to_string(),
+                source: e,
+            })?;
         }
         Ok(self.sent_through)
     }

@@ -84,30 +84,46 @@ impl KafkaSink {
             .set("message.timeout.ms", "60000");
         info!(settings = ?redacted(&c), "Starting the Kafka producer.");
         let producer = c
-            .create_with_context(DeliveryContext { deliveries: Arc::clone(&deliveries) })
-            .map_err(|e| SinkError::Other(format!("cannot create the Kafka producer: {e}. Check the kafka section of the config.")))?;
+            .create_with_context(DeliveryContext {
+                deliveries: Arc::clone(&deliveries),
+            })
+            .map_err(|e| {
+                SinkError::Other(format!(
+                    "cannot create the Kafka producer: {e}. Check the kafka section of the config."
+                ))
+            })?;
         let t = &cfg.kafka.output_topics;
         Ok(KafkaSink {
             producer,
             deliveries,
-            topics: [t.health_scores.clone(), t.churn_alerts.clone(), t.dlq.clone()],
+            topics: [
+                t.health_scores.clone(),
+                t.churn_alerts.clone(),
+                t.dlq.clone(),
+            ],
             in_flight: BTreeMap::new(),
             next_seq: 0,
         })
     }
 
     fn produce(&mut self, seq: u64, rec: &OutboxRecord) -> Result<(), SinkError> {
-        let kind = OutputKind::from_u32(rec.kind)
-            .ok_or_else(|| SinkError::Other(format!("outbox record {seq} has unknown kind {}", rec.kind)))?;
+        let kind = OutputKind::from_u32(rec.kind).ok_or_else(|| {
+            SinkError::Other(format!("outbox record {seq} has unknown kind {}", rec.kind))
+        })?;
         let topic = &self.topics[kind as usize];
         let mut headers = OwnedHeaders::new();
         let mut names: Vec<&String> = rec.headers.keys().collect();
         names.sort();
         for k in names {
-            headers = headers.insert(Header { key: k, value: Some(&rec.headers[k]) });
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(&rec.headers[k]),
+            });
         }
         loop {
-            let mut r = BaseRecord::with_opaque_to(topic, Box::new(seq)).payload(&rec.payload).headers(headers.clone());
+            let mut r = BaseRecord::with_opaque_to(topic, Box::new(seq))
+                .payload(&rec.payload)
+                .headers(headers.clone());
             // Dead letters keep their source partition as the key's partition when known.
             if !rec.key.is_empty() {
                 r = r.key(&rec.key);
@@ -130,21 +146,34 @@ impl KafkaSink {
         self.producer.poll(Duration::ZERO);
         let (done, failed, err) = {
             let mut d = self.deliveries.lock().unwrap();
-            (std::mem::take(&mut d.done), std::mem::take(&mut d.failed), d.last_error.take())
+            (
+                std::mem::take(&mut d.done),
+                std::mem::take(&mut d.failed),
+                d.last_error.take(),
+            )
         };
         for seq in done {
             self.in_flight.remove(&seq);
         }
         if !failed.is_empty() {
             kafka_stats::produce_failures(failed.len() as u64);
-            warn!(records = failed.len(), error = err.as_deref().unwrap_or(""), "Delivery to Kafka failed; sending again.");
+            warn!(
+                records = failed.len(),
+                error = err.as_deref().unwrap_or(""),
+                "Delivery to Kafka failed; sending again."
+            );
             for seq in failed {
                 if let Some(rec) = self.in_flight.get(&seq).cloned() {
                     self.produce(seq, &rec)?;
                 }
             }
         }
-        Ok(self.in_flight.keys().next().copied().unwrap_or(self.next_seq))
+        Ok(self
+            .in_flight
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.next_seq))
     }
 
     /// Records handed to the producer and not yet acknowledged.
@@ -177,7 +206,10 @@ impl Sink for KafkaSink {
             }
             let _ = self.producer.flush(Duration::from_millis(500));
             if !warned && start.elapsed() > Duration::from_secs(10) {
-                warn!(pending = self.in_flight.len(), "Waiting for Kafka to acknowledge outputs before stopping.");
+                warn!(
+                    pending = self.in_flight.len(),
+                    "Waiting for Kafka to acknowledge outputs before stopping."
+                );
                 warned = true;
             }
         }

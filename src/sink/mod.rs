@@ -29,7 +29,10 @@ impl OutputKind {
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("cannot write output {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Other(String),
 }

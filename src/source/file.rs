@@ -26,15 +26,23 @@ pub struct FileSource {
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> SourceError {
-    SourceError::Io { path: path.display().to_string(), source }
+    SourceError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 impl FileSource {
     /// `input`: a file, a directory (its `*.ndjson` / `*.jsonl` files in name order), or "-".
-    pub fn open(input: &str, follow: bool, max_record_bytes: usize) -> Result<FileSource, SourceError> {
+    pub fn open(
+        input: &str,
+        follow: bool,
+        max_record_bytes: usize,
+    ) -> Result<FileSource, SourceError> {
         if input.is_empty() {
             return Err(SourceError::Config(
-                "no input given: pass --input FILE|DIR|- or set embedded.input in the config.".into(),
+                "no input given: pass --input FILE|DIR|- or set embedded.input in the config."
+                    .into(),
             ));
         }
         let (input, keys) = if input == "-" {
@@ -52,7 +60,10 @@ impl FileSource {
                     .map_err(|e| io_err(path, e))?
                     .filter_map(|e| e.ok().map(|e| e.path()))
                     .filter(|p| {
-                        matches!(p.extension().and_then(|x| x.to_str()), Some("ndjson" | "jsonl" | "json"))
+                        matches!(
+                            p.extension().and_then(|x| x.to_str()),
+                            Some("ndjson" | "jsonl" | "json")
+                        )
                     })
                     .collect();
                 v.sort();
@@ -77,7 +88,11 @@ impl FileSource {
         };
         let n = keys.len();
         let total_bytes = match &input {
-            Input::Files(f) => f.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum(),
+            Input::Files(f) => f
+                .iter()
+                .filter_map(|p| std::fs::metadata(p).ok())
+                .map(|m| m.len())
+                .sum(),
             Input::Stdin => 0,
         };
         Ok(FileSource {
@@ -98,10 +113,15 @@ impl FileSource {
         }
         match &self.input {
             Input::Stdin => {
-                self.reader = Some(Box::new(BufReader::with_capacity(1 << 20, std::io::stdin())));
+                self.reader = Some(Box::new(BufReader::with_capacity(
+                    1 << 20,
+                    std::io::stdin(),
+                )));
             }
             Input::Files(files) => {
-                let Some(path) = files.get(self.current) else { return Ok(false) };
+                let Some(path) = files.get(self.current) else {
+                    return Ok(false);
+                };
                 let mut f = File::open(path).map_err(|e| io_err(path, e))?;
                 let len = f.metadata().map_err(|e| io_err(path, e))?.len();
                 let pos = self.positions[self.current];
@@ -170,7 +190,12 @@ impl Source for FileSource {
         Ok(())
     }
 
-    fn poll(&mut self, max: usize, wait: Duration, batch: &mut InputBatch) -> Result<Poll, SourceError> {
+    fn poll(
+        &mut self,
+        max: usize,
+        wait: Duration,
+        batch: &mut InputBatch,
+    ) -> Result<Poll, SourceError> {
         let deadline = Instant::now() + wait;
         let mut added = 0;
         loop {

@@ -71,7 +71,12 @@ impl ClientContext for RapportConsumerContext {
 }
 
 impl ConsumerContext for RapportConsumerContext {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 // Start every partition at the position stored with our state.
@@ -103,14 +108,21 @@ impl ConsumerContext for RapportConsumerContext {
                     };
                     own.start.insert((t.clone(), *p), start);
                 }
-                let list: Vec<String> = partitions.iter().map(|(t, p, o)| format!("{t}/{p}@{o:?}")).collect();
+                let list: Vec<String> = partitions
+                    .iter()
+                    .map(|(t, p, o)| format!("{t}/{p}@{o:?}"))
+                    .collect();
                 info!(partitions = %list.join(", "), "Partitions assigned; resuming from the positions stored with the state.");
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let mut own = self.ownership.lock().unwrap();
                 own.rebalances += 1;
                 own.revoked_since_poll = true;
-                let revoked: BTreeSet<u16> = tpl.elements().iter().map(|e| e.partition() as u16).collect();
+                let revoked: BTreeSet<u16> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| e.partition() as u16)
+                    .collect();
                 own.owned.retain(|p| !revoked.contains(p));
                 own.at_end.retain(|(_, p)| !revoked.contains(&(*p as u16)));
                 drop(own);
@@ -152,7 +164,16 @@ pub fn client_config(cfg: &Config) -> ClientConfig {
 /// Whether a librdkafka setting holds a secret (its value is never logged).
 pub fn is_secret(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    ["password", "secret", "sasl.jaas", "ssl.key", "token", "credential"].iter().any(|s| k.contains(s))
+    [
+        "password",
+        "secret",
+        "sasl.jaas",
+        "ssl.key",
+        "token",
+        "credential",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
 }
 
 /// The settings as they may be logged: secret values replaced.
@@ -160,7 +181,16 @@ pub fn redacted(c: &ClientConfig) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = c
         .config_map()
         .iter()
-        .map(|(k, val)| (k.to_string(), if is_secret(k) { "********".to_owned() } else { val.to_string() }))
+        .map(|(k, val)| {
+            (
+                k.to_string(),
+                if is_secret(k) {
+                    "********".to_owned()
+                } else {
+                    val.to_string()
+                },
+            )
+        })
         .collect();
     v.sort();
     v
@@ -183,7 +213,10 @@ pub struct KafkaSource {
 impl KafkaSource {
     pub fn new(cfg: &Config, store: Arc<dyn Store>) -> Result<KafkaSource, SourceError> {
         let ownership = Arc::new(Mutex::new(Ownership::default()));
-        let ctx = RapportConsumerContext { store, ownership: Arc::clone(&ownership) };
+        let ctx = RapportConsumerContext {
+            store,
+            ownership: Arc::clone(&ownership),
+        };
         let mut c = client_config(cfg);
         c.set("group.id", &cfg.kafka.group_id)
             .set("enable.auto.commit", "false")
@@ -192,10 +225,19 @@ impl KafkaSource {
             // Same partition numbers of every input topic on one instance.
             .set("partition.assignment.strategy", "range");
         info!(settings = ?redacted(&c), "Starting the Kafka consumer.");
-        let consumer: BaseConsumer<RapportConsumerContext> = c
-            .create_with_context(ctx)
-            .map_err(|e| SourceError::Config(format!("cannot create the Kafka consumer: {e}. Check the kafka section of the config.")))?;
-        let topics: Vec<String> = cfg.kafka.input_topics.all().iter().map(|s| s.to_string()).collect();
+        let consumer: BaseConsumer<RapportConsumerContext> =
+            c.create_with_context(ctx).map_err(|e| {
+                SourceError::Config(format!(
+                    "cannot create the Kafka consumer: {e}. Check the kafka section of the config."
+                ))
+            })?;
+        let topics: Vec<String> = cfg
+            .kafka
+            .input_topics
+            .all()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let mut keys = Vec::new();
         let mut index = HashMap::new();
         for t in &topics {
@@ -238,7 +280,10 @@ impl KafkaSource {
                 }
                 // A round trip to the broker, at most once a second, and only until the
                 // partition has been caught up once.
-                let Ok((low, high)) = self.consumer.fetch_watermarks(t, p as i32, Duration::from_secs(1)) else {
+                let Ok((low, high)) =
+                    self.consumer
+                        .fetch_watermarks(t, p as i32, Duration::from_secs(1))
+                else {
                     continue;
                 };
                 if high < 0 {
@@ -257,7 +302,11 @@ impl KafkaSource {
         own.owned
             .iter()
             .copied()
-            .filter(|p| self.topics.iter().all(|t| own.at_end.contains(&(t.clone(), *p as i32))))
+            .filter(|p| {
+                self.topics
+                    .iter()
+                    .all(|t| own.at_end.contains(&(t.clone(), *p as i32)))
+            })
             .collect()
     }
 
@@ -267,7 +316,11 @@ impl KafkaSource {
             return;
         }
         if let Ok(a) = self.consumer.assignment() {
-            let r = if paused { self.consumer.pause(&a) } else { self.consumer.resume(&a) };
+            let r = if paused {
+                self.consumer.pause(&a)
+            } else {
+                self.consumer.resume(&a)
+            };
             if let Err(e) = r {
                 warn!(error = %e, "Pausing or resuming partitions failed.");
                 return;
@@ -276,7 +329,9 @@ impl KafkaSource {
         }
         self.paused = paused;
         if paused {
-            warn!("Outbox above its high-water mark: consumption paused until the broker acknowledges outputs.");
+            warn!(
+                "Outbox above its high-water mark: consumption paused until the broker acknowledges outputs."
+            );
         } else {
             info!("Outbox below its low-water mark: consumption resumed.");
         }
@@ -288,7 +343,9 @@ impl KafkaSource {
 
     /// Commits the handed-out positions to the group (asynchronously, for lag tooling).
     pub fn commit_to_group(&mut self, force: bool) {
-        if self.handed.is_empty() || (!force && self.last_group_commit.elapsed() < Duration::from_secs(1)) {
+        if self.handed.is_empty()
+            || (!force && self.last_group_commit.elapsed() < Duration::from_secs(1))
+        {
             return;
         }
         let mut tpl = TopicPartitionList::new();
@@ -302,7 +359,11 @@ impl KafkaSource {
         }
         self.last_group_commit = Instant::now();
         if tpl.count() > 0 {
-            let mode = if force { CommitMode::Sync } else { CommitMode::Async };
+            let mode = if force {
+                CommitMode::Sync
+            } else {
+                CommitMode::Async
+            };
             if let Err(e) = self.consumer.commit(&tpl, mode) {
                 warn!(error = %e, "Committing offsets to the consumer group failed (positions are safe in the store).");
             }
@@ -340,12 +401,21 @@ impl Source for KafkaSource {
         self.subscribe()
     }
 
-    fn poll(&mut self, max: usize, wait: Duration, batch: &mut InputBatch) -> Result<Poll, SourceError> {
+    fn poll(
+        &mut self,
+        max: usize,
+        wait: Duration,
+        batch: &mut InputBatch,
+    ) -> Result<Poll, SourceError> {
         let deadline = Instant::now() + wait;
         self.ownership.lock().unwrap().revoked_since_poll = false;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let timeout = if batch.records.is_empty() { left } else { Duration::ZERO };
+            let timeout = if batch.records.is_empty() {
+                left
+            } else {
+                Duration::ZERO
+            };
             match self.consumer.poll(timeout) {
                 None => {
                     if !batch.records.is_empty() || Instant::now() >= deadline {
@@ -387,11 +457,18 @@ impl Source for KafkaSource {
         if own.revoked_since_poll {
             let owned = own.owned.clone();
             drop(own);
-            batch.records.retain(|r| r.partition.is_some_and(|p| owned.contains(&p)));
-            self.handed.retain(|idx, _| owned.contains(&(split_key(&self.keys[*idx as usize]).1 as u16)));
+            batch
+                .records
+                .retain(|r| r.partition.is_some_and(|p| owned.contains(&p)));
+            self.handed
+                .retain(|idx, _| owned.contains(&(split_key(&self.keys[*idx as usize]).1 as u16)));
         } else {
             drop(own);
         }
-        Ok(if batch.records.is_empty() { Poll::Idle } else { Poll::Records })
+        Ok(if batch.records.is_empty() {
+            Poll::Idle
+        } else {
+            Poll::Records
+        })
     }
 }

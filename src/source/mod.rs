@@ -54,7 +54,10 @@ pub enum Poll {
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("cannot read input {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Config(String),
 }
@@ -66,7 +69,12 @@ pub trait Source {
     /// Continues each source from its stored position (missing ones start at the beginning).
     fn resume(&mut self, positions: &HashMap<String, u64>) -> Result<(), SourceError>;
     /// Adds up to `max` records to `batch`, waiting at most `wait` for the first.
-    fn poll(&mut self, max: usize, wait: Duration, batch: &mut InputBatch) -> Result<Poll, SourceError>;
+    fn poll(
+        &mut self,
+        max: usize,
+        wait: Duration,
+        batch: &mut InputBatch,
+    ) -> Result<Poll, SourceError>;
     /// Bytes read and bytes in total, for a progress bar, when known.
     fn progress(&self) -> Option<(u64, u64)> {
         None

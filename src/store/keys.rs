@@ -58,7 +58,10 @@ pub fn parse_state_key(k: &[u8]) -> Option<(u16, &str)> {
 
 /// The prefix of all of one partition's keys, and the first key after them.
 pub fn partition_range(partition: u16) -> (Vec<u8>, Vec<u8>) {
-    (partition.to_be_bytes().to_vec(), (partition as u32 + 1).to_be_bytes()[2..].to_vec())
+    (
+        partition.to_be_bytes().to_vec(),
+        (partition as u32 + 1).to_be_bytes()[2..].to_vec(),
+    )
 }
 
 /// A dedup mark: a 128-bit hash of (account, event id). Collisions are practically impossible
@@ -108,6 +111,8 @@ pub fn clock_key(partition: u16) -> Vec<u8> {
 
 /// `meta` key of the record accounting.
 pub const COUNTERS_KEY: &[u8] = b"counters";
+/// `meta` key of the next outbox sequence number.
+pub const OUTBOX_NEXT_KEY: &[u8] = b"outbox_next";
 /// `meta` key of the store format version.
 pub const FORMAT_KEY: &[u8] = b"format";
 /// `meta` key of the partition count the store was written with.
@@ -125,7 +130,10 @@ mod tests {
             (b"foobar", -790_332_482),
             (b"a-little-bit-long-string", -985_981_536),
             (b"a-little-bit-longer-string", -1_486_304_829),
-            (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+            (
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
             (b"abc", 479_470_107),
         ];
         for (k, want) in cases {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::{Cf, Op, Store, StoreError, WriteSet};
+use super::{Cf, OpKind, Store, StoreError, WriteSet};
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -56,21 +56,25 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn commit(&self, w: WriteSet) -> Result<(), StoreError> {
+    fn commit(&self, w: &WriteSet) -> Result<(), StoreError> {
         let mut g = self.cfs.lock().unwrap();
-        for op in w.ops {
-            match op {
-                Op::Put(cf, k, v) => {
-                    g[cf.index()].insert(k, v);
+        for op in &w.ops {
+            let (k, v) = (w.key(op), w.value(op));
+            let m = &mut g[op.cf.index()];
+            match op.kind {
+                OpKind::Put => {
+                    m.insert(k.to_vec(), v.to_vec());
                 }
-                Op::Delete(cf, k) => {
-                    g[cf.index()].remove(&k);
+                OpKind::Delete => {
+                    m.remove(k);
                 }
-                Op::DeleteRange(cf, from, to) => {
-                    let doomed: Vec<Vec<u8>> =
-                        g[cf.index()].range(from..to).map(|(k, _)| k.clone()).collect();
+                OpKind::DeleteRange => {
+                    let doomed: Vec<Vec<u8>> = m
+                        .range(k.to_vec()..v.to_vec())
+                        .map(|(k, _)| k.clone())
+                        .collect();
                     for k in doomed {
-                        g[cf.index()].remove(&k);
+                        m.remove(&k);
                     }
                 }
             }

@@ -29,7 +29,14 @@ pub enum Cf {
 }
 
 impl Cf {
-    pub const ALL: [Cf; 6] = [Cf::State, Cf::Offsets, Cf::Dedup, Cf::Timers, Cf::Outbox, Cf::Meta];
+    pub const ALL: [Cf; 6] = [
+        Cf::State,
+        Cf::Offsets,
+        Cf::Dedup,
+        Cf::Timers,
+        Cf::Outbox,
+        Cf::Meta,
+    ];
     pub fn name(self) -> &'static str {
         match self {
             Cf::State => "state",
@@ -45,36 +52,91 @@ impl Cf {
     }
 }
 
-#[derive(Debug, Clone)]
-pub enum Op {
-    Put(Cf, Vec<u8>, Vec<u8>),
-    Delete(Cf, Vec<u8>),
-    /// Deletes keys in `[from, to)`.
-    DeleteRange(Cf, Vec<u8>, Vec<u8>),
+#[derive(Debug, Clone, Copy)]
+pub enum OpKind {
+    Put,
+    Delete,
+    /// Deletes keys in `[key, value)`.
+    DeleteRange,
 }
 
-/// The changes of one batch, committed atomically.
+/// One change; its key and value are ranges of [`WriteSet::arena`].
+#[derive(Debug, Clone, Copy)]
+pub struct Op {
+    pub cf: Cf,
+    pub kind: OpKind,
+    key: (u32, u32),
+    value: (u32, u32),
+}
+
+/// The changes of one batch, committed atomically. Keys and values are appended to one arena
+/// buffer instead of being allocated one by one: a batch holds tens of thousands of them.
 #[derive(Debug, Default, Clone)]
 pub struct WriteSet {
     pub ops: Vec<Op>,
-    /// Bytes of keys and values, for metrics.
-    pub bytes: usize,
+    arena: Vec<u8>,
 }
 
 impl WriteSet {
-    pub fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
-        self.bytes += key.len() + value.len();
-        self.ops.push(Op::Put(cf, key, value));
+    fn push(&mut self, bytes: &[u8]) -> (u32, u32) {
+        let start = self.arena.len() as u32;
+        self.arena.extend_from_slice(bytes);
+        (start, self.arena.len() as u32)
     }
-    pub fn delete(&mut self, cf: Cf, key: Vec<u8>) {
-        self.bytes += key.len();
-        self.ops.push(Op::Delete(cf, key));
+    pub fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
+        let key = self.push(key);
+        let value = self.push(value);
+        self.ops.push(Op {
+            cf,
+            kind: OpKind::Put,
+            key,
+            value,
+        });
     }
-    pub fn delete_range(&mut self, cf: Cf, from: Vec<u8>, to: Vec<u8>) {
-        self.ops.push(Op::DeleteRange(cf, from, to));
+    /// A put whose value `fill` appends to the buffer it is given (no intermediate copy).
+    pub fn put_with(&mut self, cf: Cf, key: &[u8], fill: impl FnOnce(&mut Vec<u8>)) {
+        let key = self.push(key);
+        let start = self.arena.len() as u32;
+        fill(&mut self.arena);
+        let value = (start, self.arena.len() as u32);
+        self.ops.push(Op {
+            cf,
+            kind: OpKind::Put,
+            key,
+            value,
+        });
+    }
+    pub fn delete(&mut self, cf: Cf, key: &[u8]) {
+        let key = self.push(key);
+        self.ops.push(Op {
+            cf,
+            kind: OpKind::Delete,
+            key,
+            value: (0, 0),
+        });
+    }
+    pub fn delete_range(&mut self, cf: Cf, from: &[u8], to: &[u8]) {
+        let key = self.push(from);
+        let value = self.push(to);
+        self.ops.push(Op {
+            cf,
+            kind: OpKind::DeleteRange,
+            key,
+            value,
+        });
+    }
+    pub fn key(&self, op: &Op) -> &[u8] {
+        &self.arena[op.key.0 as usize..op.key.1 as usize]
+    }
+    pub fn value(&self, op: &Op) -> &[u8] {
+        &self.arena[op.value.0 as usize..op.value.1 as usize]
     }
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+    /// Bytes of keys and values.
+    pub fn bytes(&self) -> usize {
+        self.arena.len()
     }
 }
 
@@ -105,7 +167,11 @@ pub trait Store: Send + Sync {
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError>;
     /// Makes a batch durable, all or nothing.
-    fn commit(&self, w: WriteSet) -> Result<(), StoreError>;
+    fn commit(&self, w: &WriteSet) -> Result<(), StoreError>;
+    /// Persists memtables so that the next open need not replay the log.
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Dedup marks of events older than this UTC day may be dropped by compaction.
     fn set_dedup_horizon(&self, _day: i32) {}
     /// Memory use by kind ("block_cache", "memtables", "table_readers"), bytes.

@@ -6,12 +6,12 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use rocksdb::compaction_filter::Decision;
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, IteratorMode, Options,
-    WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, IteratorMode,
+    MemtableFactory, Options, ReadOptions, SliceTransform, WriteBatch, WriteOptions,
 };
 
 use super::keys::FORMAT_KEY;
-use super::{Cf, Op, Store, StoreError, WriteSet};
+use super::{Cf, OpKind, Store, StoreError, WriteSet};
 use crate::config::StoreConfig;
 
 /// On-disk format version of the store as a whole (key layout and column families).
@@ -45,6 +45,8 @@ impl RocksStore {
         db_opts.create_missing_column_families(true);
         db_opts.set_max_background_jobs(2);
         db_opts.set_keep_log_file_num(3);
+        // Hash-indexed memtables (below) take one writer at a time, which is all we have.
+        db_opts.set_allow_concurrent_memtable_write(false);
 
         let cfs = Cf::ALL.iter().map(|&cf| {
             let mut o = Options::default();
@@ -56,6 +58,22 @@ impl RocksStore {
                 t.set_bloom_filter(10.0, false);
             }
             o.set_block_based_table_factory(&t);
+            if matches!(cf, Cf::State | Cf::Dedup) {
+                // Point reads and writes only (scans of these are rare: start-up, summaries):
+                // a hash-indexed memtable makes each insert and lookup O(1) instead of a walk
+                // down a skip list — the largest cost of a batch in profiles. The "prefix" is
+                // the whole key.
+                o.set_prefix_extractor(if cf == Cf::Dedup {
+                    SliceTransform::create_fixed_prefix(18)
+                } else {
+                    SliceTransform::create_noop()
+                });
+                o.set_memtable_factory(MemtableFactory::HashSkipList {
+                    bucket_count: 1 << 20,
+                    height: 4,
+                    branching_factor: 4,
+                });
+            }
             o.set_write_buffer_size(cfg.write_buffer_mb.max(1) << 20);
             o.set_compression_type(DBCompressionType::Lz4);
             o.set_bottommost_compression_type(DBCompressionType::Zstd);
@@ -63,13 +81,18 @@ impl RocksStore {
                 let horizon = Arc::clone(&dedup_horizon);
                 // Marks older than the retention window can never match again; compaction
                 // drops them. The value is the event's UTC day.
-                o.set_compaction_filter("rapport-dedup-expiry", move |_lvl: u32, _k: &[u8], v: &[u8]| {
-                    let day = v.get(..4).map(|b| i32::from_le_bytes(b.try_into().unwrap()));
-                    match day {
-                        Some(d) if d < horizon.load(Ordering::Relaxed) => Decision::Remove,
-                        _ => Decision::Keep,
-                    }
-                });
+                o.set_compaction_filter(
+                    "rapport-dedup-expiry",
+                    move |_lvl: u32, _k: &[u8], v: &[u8]| {
+                        let day = v
+                            .get(..4)
+                            .map(|b| i32::from_le_bytes(b.try_into().unwrap()));
+                        match day {
+                            Some(d) if d < horizon.load(Ordering::Relaxed) => Decision::Remove,
+                            _ => Decision::Keep,
+                        }
+                    },
+                );
             }
             ColumnFamilyDescriptor::new(cf.name(), o)
         });
@@ -77,7 +100,12 @@ impl RocksStore {
 
         let mut write_opts = WriteOptions::default();
         write_opts.set_sync(cfg.sync_writes);
-        let store = RocksStore { db, cache, write_opts, dedup_horizon };
+        let store = RocksStore {
+            db,
+            cache,
+            write_opts,
+            dedup_horizon,
+        };
         store.check_format(path)?;
         Ok(store)
     }
@@ -85,7 +113,10 @@ impl RocksStore {
     fn check_format(&self, path: &Path) -> Result<(), StoreError> {
         match self.get(Cf::Meta, FORMAT_KEY)? {
             Some(v) => {
-                let found = v.get(..4).map(|b| u32::from_le_bytes(b.try_into().unwrap())).unwrap_or(0);
+                let found = v
+                    .get(..4)
+                    .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+                    .unwrap_or(0);
                 if found > FORMAT_VERSION {
                     return Err(StoreError::Refused(format!(
                         "the data directory {} was written by a newer rapport (store format {found}, this build reads {FORMAT_VERSION}); run the newer version, or point store.data_dir at an empty directory and run `rapport replay`.",
@@ -95,15 +126,17 @@ impl RocksStore {
             }
             None => {
                 let mut w = WriteSet::default();
-                w.put(Cf::Meta, FORMAT_KEY.to_vec(), FORMAT_VERSION.to_le_bytes().to_vec());
-                self.commit(w)?;
+                w.put(Cf::Meta, FORMAT_KEY, &FORMAT_VERSION.to_le_bytes());
+                self.commit(&w)?;
             }
         }
         Ok(())
     }
 
     fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(cf.name()).expect("every column family is opened")
+        self.db
+            .cf_handle(cf.name())
+            .expect("every column family is opened")
     }
 
     /// Flushes memtables so that the next start need not replay the write-ahead log.
@@ -128,12 +161,16 @@ fn open_error(path: &Path, e: rocksdb::Error) -> StoreError {
     let msg = e.to_string();
     let hint = if msg.contains("lock") {
         "another rapport process is using it; stop that process or give this one its own --data-dir"
-    } else if msg.contains("Corruption") || msg.contains("corrupt") || msg.contains("No such file") {
+    } else if msg.contains("Corruption") || msg.contains("corrupt") || msg.contains("No such file")
+    {
         "the store is damaged; restore the directory from a backup, or move it aside and rebuild the state with `rapport replay` from the input log"
     } else {
         "check that the directory is a rapport data directory on a writable disk with free space"
     };
-    StoreError::Refused(format!("cannot open the store at {}: {msg}. {hint}.", path.display()))
+    StoreError::Refused(format!(
+        "cannot open the store at {}: {msg}. {hint}.",
+        path.display()
+    ))
 }
 
 impl Store for RocksStore {
@@ -148,7 +185,9 @@ impl Store for RocksStore {
         found: &mut dyn FnMut(usize, Option<&[u8]>),
     ) -> Result<(), StoreError> {
         let sorted = keys.windows(2).all(|w| w[0] <= w[1]);
-        let values = self.db.batched_multi_get_cf(self.cf(cf), keys.iter(), sorted);
+        let values = self
+            .db
+            .batched_multi_get_cf(self.cf(cf), keys.iter(), sorted);
         for (i, v) in values.into_iter().enumerate() {
             match v? {
                 Some(slice) => found(i, Some(&slice)),
@@ -164,9 +203,14 @@ impl Store for RocksStore {
         from: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError> {
-        let it = self
-            .db
-            .iterator_cf(self.cf(cf), IteratorMode::From(from, rocksdb::Direction::Forward));
+        let mut ro = ReadOptions::default();
+        // Scans walk keys in order, across the hash-indexed memtables too.
+        ro.set_total_order_seek(true);
+        let it = self.db.iterator_cf_opt(
+            self.cf(cf),
+            ro,
+            IteratorMode::From(from, rocksdb::Direction::Forward),
+        );
         for item in it {
             let (k, v) = item?;
             if !visit(&k, &v) {
@@ -176,17 +220,22 @@ impl Store for RocksStore {
         Ok(())
     }
 
-    fn commit(&self, w: WriteSet) -> Result<(), StoreError> {
-        let mut b = WriteBatch::default();
+    fn commit(&self, w: &WriteSet) -> Result<(), StoreError> {
+        let mut b = WriteBatch::with_capacity_bytes(w.bytes() + 32 * w.ops.len() + 64);
         for op in &w.ops {
-            match op {
-                Op::Put(cf, k, v) => b.put_cf(self.cf(*cf), k, v),
-                Op::Delete(cf, k) => b.delete_cf(self.cf(*cf), k),
-                Op::DeleteRange(cf, from, to) => b.delete_range_cf(self.cf(*cf), from, to),
+            let (k, v, cf) = (w.key(op), w.value(op), self.cf(op.cf));
+            match op.kind {
+                OpKind::Put => b.put_cf(cf, k, v),
+                OpKind::Delete => b.delete_cf(cf, k),
+                OpKind::DeleteRange => b.delete_range_cf(cf, k, v),
             }
         }
         self.db.write_opt(b, &self.write_opts)?;
         Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        RocksStore::flush(self)
     }
 
     fn set_dedup_horizon(&self, day: i32) {
@@ -198,7 +247,11 @@ impl Store for RocksStore {
         let mut readers = 0;
         for cf in Cf::ALL {
             let p = |name: &str| {
-                self.db.property_int_value_cf(self.cf(cf), name).ok().flatten().unwrap_or(0)
+                self.db
+                    .property_int_value_cf(self.cf(cf), name)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
             };
             memtables += p("rocksdb.cur-size-all-mem-tables");
             readers += p("rocksdb.estimate-table-readers-mem");

@@ -25,7 +25,9 @@ pub struct Health {
 
 /// Installs the global Prometheus recorder (once per process) and returns its handle.
 pub fn install_recorder() -> Option<PrometheusHandle> {
-    let secs = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+    let secs = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    ];
     let sizes = [1.0, 16.0, 128.0, 512.0, 1024.0, 4096.0, 16384.0, 65536.0];
     let bytes = [1e3, 1e4, 1e5, 1e6, 4e6, 1.6e7, 6.4e7];
     let recorder = PrometheusBuilder::new()
@@ -33,7 +35,10 @@ pub fn install_recorder() -> Option<PrometheusHandle> {
         .ok()?
         .set_buckets_for_metric(Matcher::Full(super::names::BATCH_RECORDS.into()), &sizes)
         .ok()?
-        .set_buckets_for_metric(Matcher::Full(super::names::BATCH_WRITE_BYTES.into()), &bytes)
+        .set_buckets_for_metric(
+            Matcher::Full(super::names::BATCH_WRITE_BYTES.into()),
+            &bytes,
+        )
         .ok()?
         .build_recorder();
     let handle = recorder.handle();
@@ -71,7 +76,11 @@ async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
 
 /// Binds `addr` and serves the endpoint on a background thread. Returns the bound address
 /// (useful with port 0).
-pub fn serve(addr: SocketAddr, metrics: PrometheusHandle, health: Arc<Health>) -> std::io::Result<SocketAddr> {
+pub fn serve(
+    addr: SocketAddr,
+    metrics: PrometheusHandle,
+    health: Arc<Health>,
+) -> std::io::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind(addr).map_err(|e| {
         std::io::Error::new(
             e.kind(),
@@ -85,12 +94,17 @@ pub fn serve(addr: SocketAddr, metrics: PrometheusHandle, health: Arc<Health>) -
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(AppState { metrics, health });
-    std::thread::Builder::new().name("rapport-http".into()).spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            let _ = axum::serve(listener, app).await;
-        });
-    })?;
+    std::thread::Builder::new()
+        .name("rapport-http".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let _ = axum::serve(listener, app).await;
+            });
+        })?;
     Ok(bound)
 }

@@ -16,8 +16,14 @@ use names::*;
 pub fn init_logs(format: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if format == "json" { b.json().try_init() } else { b.compact().try_init() };
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        b.json().try_init()
+    } else {
+        b.compact().try_init()
+    };
 }
 
 const TYPES: [&str; 4] = ["product_usage", "email", "call", "deal"];
@@ -46,7 +52,10 @@ impl BatchCommitted<'_> {
             counter!(RECORDS_REJECTED, "reason" => reason.code()).increment(*n);
         }
         if r.rejected_by_reason.values().sum::<u64>() > 0 {
-            warn!(records = r.dead_lettered, "Records sent to the dead-letter output.");
+            warn!(
+                records = r.dead_lettered,
+                "Records sent to the dead-letter output."
+            );
         }
         counter!(EVENTS_DUPLICATE).increment(r.duplicates);
         counter!(EVENTS_LATE).increment(r.late);

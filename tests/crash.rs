@@ -1,0 +1,380 @@
+//! Crash recovery through the real binary: a `rapport run` child is killed with SIGKILL at several
+//! points of a large input, restarted on the same data and output directories each time, and run
+//! to completion. The result must equal an uninterrupted run of the same input:
+//! - the `state` column family byte for byte (and the timers, input positions and partition
+//!   clocks), and the persisted record accounting;
+//! - every output of the uninterrupted run delivered, and nothing else: repeats only with the same
+//!   identity (health scores by `change_id`, alerts by (`alert_id`, `status`), dead letters by
+//!   (`source`, `offset`)) and the same bytes;
+//! - every output file ending in a complete JSON line.
+//!
+//! Kills are placed by condition, not by time: the child is killed once its `health_scores.ndjson`
+//! has grown past a threshold, a different one for each kill.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use rapport::config::Config;
+use rapport::pb::Counters;
+use rapport::store::keys::COUNTERS_KEY;
+use rapport::store::{Cf, RocksStore, Store};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_rapport");
+const OUTPUTS: [&str; 3] = ["health_scores.ndjson", "churn_alerts.ndjson", "dlq.ndjson"];
+
+struct Job {
+    config: PathBuf,
+    input: PathBuf,
+    dir: PathBuf,
+}
+
+impl Job {
+    fn out(&self) -> PathBuf {
+        self.dir.join("out")
+    }
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// Starts `rapport run`; its stdout and stderr go to `<dir>/<tag>.stdout|stderr`.
+    fn spawn(&self, tag: &str) -> Child {
+        std::fs::create_dir_all(&self.dir).unwrap();
+        Command::new(BIN)
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--input")
+            .arg(&self.input)
+            .arg("--output")
+            .arg(self.out())
+            .arg("--data-dir")
+            .arg(self.data())
+            .arg("--quiet")
+            .stdin(Stdio::null())
+            .stdout(File::create(self.dir.join(format!("{tag}.stdout"))).unwrap())
+            .stderr(File::create(self.dir.join(format!("{tag}.stderr"))).unwrap())
+            .spawn()
+            .expect("start rapport run")
+    }
+
+    fn log(&self, tag: &str, stream: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{tag}.{stream}"))).unwrap_or_default()
+    }
+
+    /// Runs to completion; returns its stdout.
+    fn run_to_end(&self, tag: &str) -> String {
+        let status = self.spawn(tag).wait().unwrap();
+        let stderr = self.log(tag, "stderr");
+        assert!(
+            status.success(),
+            "{tag}: rapport run failed ({status}):\n{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{tag}:\n{stderr}");
+        let stdout = self.log(tag, "stdout");
+        let accounting = stdout
+            .lines()
+            .find(|l| l.starts_with("Accounting: "))
+            .unwrap_or_default();
+        assert!(
+            accounting.ends_with('✓'),
+            "{tag}: summary without a balanced accounting line:\n{stdout}"
+        );
+        stdout
+    }
+}
+
+fn size(p: &Path) -> u64 {
+    std::fs::metadata(p).map_or(0, |m| m.len())
+}
+
+/// Starts a child and SIGKILLs it as soon as its health_scores.ndjson is larger than `threshold`
+/// bytes. Fails if the child ends by itself first.
+fn kill_past(job: &Job, tag: &str, threshold: u64) -> u64 {
+    let scores = job.out().join(OUTPUTS[0]);
+    let mut child = job.spawn(tag);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "{tag}: the child ended ({status}) before health_scores.ndjson passed {threshold} bytes (it has {}):\n{}",
+                size(&scores),
+                job.log(tag, "stderr")
+            );
+        }
+        let now = size(&scores);
+        if now > threshold {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            let stderr = job.log(tag, "stderr");
+            assert!(!stderr.contains("panicked"), "{tag}:\n{stderr}");
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{tag}: health_scores.ndjson stuck at {now} bytes"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// An output line's identity, as a subscriber deduplicates it.
+fn identity(file: &str, v: &Value) -> String {
+    match file {
+        "health_scores.ndjson" => format!("score {}", v["change_id"].as_str().expect("change_id")),
+        "churn_alerts.ndjson" => format!(
+            "alert {} {}",
+            v["alert_id"].as_str().expect("alert_id"),
+            v["status"].as_str().expect("status")
+        ),
+        _ => format!(
+            "dead letter {} @{}",
+            v["source"].as_str().expect("source"),
+            v["offset"].as_u64().expect("offset")
+        ),
+    }
+}
+
+/// Each output file's lines, checked to be complete JSON lines, as (identity, line) in order.
+fn outputs(job: &Job) -> BTreeMap<&'static str, Vec<(String, Vec<u8>)>> {
+    let mut all = BTreeMap::new();
+    for file in OUTPUTS {
+        let path = job.out().join(file);
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            bytes.is_empty() || bytes.ends_with(b"\n"),
+            "{} does not end in a complete line: …{:?}",
+            path.display(),
+            String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(80)..])
+        );
+        let lines = bytes
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let v: Value = serde_json::from_slice(l).unwrap_or_else(|e| {
+                    panic!(
+                        "{}: not a JSON line ({e}): {}",
+                        path.display(),
+                        String::from_utf8_lossy(l)
+                    )
+                });
+                (identity(file, &v), l.to_vec())
+            })
+            .collect();
+        all.insert(file, lines);
+    }
+    all
+}
+
+type Cfs = BTreeMap<&'static str, Vec<(Vec<u8>, Vec<u8>)>>;
+
+/// What must survive a crash exactly: the column families that hold state, and the counters.
+fn durable(job: &Job, cfg: &Config) -> (Cfs, Counters, usize) {
+    let store = RocksStore::open_at(&job.data(), &cfg.store).unwrap();
+    let scan = |cf: Cf| {
+        let mut rows = Vec::new();
+        store
+            .scan(cf, &[], &mut |k, v| {
+                rows.push((k.to_vec(), v.to_vec()));
+                true
+            })
+            .unwrap();
+        rows
+    };
+    let mut cfs = Cfs::new();
+    cfs.insert("state", scan(Cf::State));
+    cfs.insert("timers", scan(Cf::Timers));
+    cfs.insert("offsets", scan(Cf::Offsets));
+    // Partition clocks (the counters are compared on their own, below).
+    let meta = scan(Cf::Meta)
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(b"clock/"))
+        .collect();
+    cfs.insert("meta clocks", meta);
+    let counters = Counters::decode(
+        store
+            .get(Cf::Meta, COUNTERS_KEY)
+            .unwrap()
+            .expect("counters stored")
+            .as_slice(),
+    )
+    .unwrap();
+    let outbox = scan(Cf::Outbox).len();
+    (cfs, counters, outbox)
+}
+
+#[test]
+fn killed_and_restarted_runs_equal_an_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("rapport.toml");
+    std::fs::write(&config, "[telemetry]\nlisten = \"\"\n").unwrap();
+    let cfg = Config::load(Some(&config)).unwrap();
+
+    // The input: a generated portfolio with malformed records mixed in.
+    let input = tmp.path().join("events.ndjson");
+    let generated = Command::new(BIN)
+        .args([
+            "generate",
+            "--accounts",
+            "3000",
+            "--days",
+            "90",
+            "--seed",
+            "20261120",
+            "--bad-every",
+            "5000",
+            "--out",
+        ])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    let said = String::from_utf8_lossy(&generated.stdout);
+    let nums: Vec<u64> = said
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let (events, malformed) = (nums[0], nums[1]);
+    assert!(events >= 300_000, "{said}");
+    assert!(malformed > 0, "{said}");
+
+    // The uninterrupted run.
+    let reference = Job {
+        config: config.clone(),
+        input: input.clone(),
+        dir: tmp.path().join("reference"),
+    };
+    reference.run_to_end("run");
+    let final_size = size(&reference.out().join(OUTPUTS[0]));
+    assert!(
+        final_size > 1_000_000,
+        "health_scores.ndjson is only {final_size} bytes"
+    );
+
+    // The crashed run: killed once its first scores are out, then at 30%, 55% and 80% of the
+    // uninterrupted run's score output; restarted on the same directories each time.
+    let crashed = Job {
+        config: config.clone(),
+        input: input.clone(),
+        dir: tmp.path().join("crashed"),
+    };
+    let thresholds = [
+        0,
+        final_size * 30 / 100,
+        final_size * 55 / 100,
+        final_size * 80 / 100,
+    ];
+    let mut at = Vec::new();
+    for (i, &t) in thresholds.iter().enumerate() {
+        assert!(
+            size(&crashed.out().join(OUTPUTS[0])) <= t,
+            "kill {i}: already past its threshold at start"
+        );
+        at.push(kill_past(&crashed, &format!("kill-{i}"), t));
+    }
+    let last = crashed.run_to_end("final");
+    eprintln!("killed with health_scores.ndjson at {at:?} bytes of {final_size}");
+    assert!(last.contains("Accounting: "), "{last}");
+
+    // (a) The same state, timers, positions and clocks; (b) the same counters.
+    let (want_cfs, want_counters, want_outbox) = durable(&reference, &cfg);
+    let (got_cfs, got_counters, got_outbox) = durable(&crashed, &cfg);
+    assert_eq!(
+        want_counters.records_in,
+        events + malformed,
+        "the uninterrupted run read every line"
+    );
+    assert_eq!(
+        want_counters.folded + want_counters.duplicates + want_counters.dead_lettered,
+        want_counters.records_in
+    );
+    assert_eq!(want_counters.dead_lettered, malformed);
+    assert!(
+        want_cfs["state"].len() >= 3000,
+        "{} account states",
+        want_cfs["state"].len()
+    );
+    for (cf, want) in &want_cfs {
+        let got = &got_cfs[cf];
+        if got != want {
+            let first = want
+                .iter()
+                .zip(got)
+                .position(|(a, b)| a != b)
+                .unwrap_or(want.len().min(got.len()));
+            let key = |rows: &Vec<(Vec<u8>, Vec<u8>)>| {
+                rows.get(first)
+                    .map(|r| String::from_utf8_lossy(&r.0).into_owned())
+            };
+            panic!(
+                "the {cf} column family differs after the crashes: {} rows vs {} uninterrupted; first difference at row {first} (key {:?}, uninterrupted {:?})",
+                got.len(),
+                want.len(),
+                key(got),
+                key(want)
+            );
+        }
+    }
+    assert_eq!(
+        got_counters, want_counters,
+        "persisted counters (left: crashed, right: uninterrupted)"
+    );
+    assert_eq!(
+        (want_outbox, got_outbox),
+        (0, 0),
+        "outbox rows left after a completed run"
+    );
+
+    // (c) Every output delivered; repeats only of the same output, byte for byte.
+    let want = outputs(&reference);
+    let got = outputs(&crashed);
+    let mut repeats = 0;
+    for file in OUTPUTS {
+        let mut by_id: HashMap<&str, &[u8]> = HashMap::new();
+        for (id, line) in &want[file] {
+            assert!(
+                by_id.insert(id, line).is_none(),
+                "{file}: the uninterrupted run emitted {id} twice"
+            );
+        }
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (id, line) in &got[file] {
+            match by_id.get(id.as_str()) {
+                None => panic!(
+                    "{file}: the crashed run emitted {id}, which the uninterrupted run did not"
+                ),
+                Some(w) => assert!(
+                    *w == line.as_slice(),
+                    "{file}: {id} differs between the runs:\n  crashed:       {}\n  uninterrupted: {}",
+                    String::from_utf8_lossy(line),
+                    String::from_utf8_lossy(w)
+                ),
+            }
+            *seen.entry(id).or_default() += 1;
+        }
+        let missing: Vec<&String> = want[file]
+            .iter()
+            .map(|(id, _)| id)
+            .filter(|id| !seen.contains_key(id.as_str()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{file}: {} outputs of the uninterrupted run never reached the crashed run's output, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        repeats += seen.values().map(|n| n - 1).sum::<usize>();
+    }
+    eprintln!(
+        "{} outputs, {repeats} delivered again after a crash",
+        want.values().map(Vec::len).sum::<usize>()
+    );
+}
