@@ -17,7 +17,7 @@ use crate::domain::alert::Rule;
 use crate::domain::score::{self, Band};
 use crate::domain::state;
 use crate::pb::{AccountState, Counters};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, WallClock};
 use crate::sink::file::FileSink;
 use crate::source::file::FileSource;
 use crate::source::{InputBatch, Poll, Source};
@@ -149,6 +149,7 @@ pub fn run_embedded(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
     };
 
     let start = Instant::now();
+    let all_partitions: Vec<u16> = (0..cfg.engine.partitions).collect();
     let mut batch = InputBatch::default();
     let mut last_mem = Instant::now() - Duration::from_secs(60);
     let wait = Duration::from_millis(cfg.pipeline.batch_max_ms);
@@ -166,7 +167,8 @@ pub fn run_embedded(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
             h.ready.store(poll == Poll::Idle, Ordering::Relaxed);
         }
         let now = wall_now_ms();
-        let report = pipeline.process(&batch, &sources, Some(now), &mut sink)?;
+        let wall = WallClock { now_ms: now, partitions: &all_partitions };
+        let report = pipeline.process(&batch, &sources, Some(wall), &mut sink)?;
         summary.records += report.records;
         summary.folded += report.folded;
         summary.duplicates += report.duplicates;

@@ -45,6 +45,13 @@ pub enum PipelineError {
     Refused(String),
 }
 
+/// The wall clock, for timers fired by it, and the partitions allowed to fire.
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock<'a> {
+    pub now_ms: i64,
+    pub partitions: &'a [u16],
+}
+
 /// What one batch did, for metrics, logs and progress.
 #[derive(Debug, Default, Clone)]
 pub struct BatchReport {
@@ -260,12 +267,13 @@ impl Pipeline {
     }
 
     /// Processes one batch: exactly one commit, then the batch's outputs go to the sink.
-    /// `sources` names the batch's source indexes; `wall_now_ms` fires wall-clock timers.
+    /// `sources` names the batch's source indexes; `wall` fires wall-clock timers (when
+    /// `engine.timer_clock = "wall"`) of the partitions it lists — those caught up with their input.
     pub fn process(
         &mut self,
         batch: &InputBatch,
         sources: &[String],
-        wall_now_ms: Option<i64>,
+        wall: Option<WallClock<'_>>,
         sink: &mut dyn Sink,
     ) -> Result<BatchReport, PipelineError> {
         let cfg = Arc::clone(&self.cfg);
@@ -426,9 +434,9 @@ impl Pipeline {
             report.by_type[type_index(ev)] += 1;
         }
         if cfg.engine.timer_clock == TimerClock::Wall {
-            if let Some(now) = wall_now_ms {
-                for p in 0..n {
-                    self.fire_timers(p, now, &mut entries, &mut outbox, &mut report)?;
+            if let Some(w) = wall {
+                for &p in w.partitions.iter().filter(|p| **p < n) {
+                    self.fire_timers(p, w.now_ms, &mut entries, &mut outbox, &mut report)?;
                 }
             }
         }
