@@ -93,6 +93,21 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
+    /// Adds one batch's accounting.
+    pub fn add(&mut self, report: &crate::pipeline::BatchReport) {
+        self.records += report.records;
+        self.folded += report.folded;
+        self.duplicates += report.duplicates;
+        self.dead_lettered += report.dead_lettered;
+        self.scores += report.scores;
+        for (r, n) in &report.rejected_by_reason {
+            *self.rejected_by_reason.entry(r.code()).or_default() += n;
+        }
+        for (k, n) in &report.alerts {
+            *self.alerts.entry(*k).or_default() += n;
+        }
+    }
+
     pub fn events_per_second(&self) -> f64 {
         if self.seconds > 0.0 {
             self.records as f64 / self.seconds
@@ -167,19 +182,12 @@ pub fn run_embedded(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
             h.ready.store(poll == Poll::Idle, Ordering::Relaxed);
         }
         let now = wall_now_ms();
-        let wall = WallClock { now_ms: now, partitions: &all_partitions };
+        let wall = WallClock {
+            now_ms: now,
+            partitions: &all_partitions,
+        };
         let report = pipeline.process(&batch, &sources, Some(wall), &mut sink)?;
-        summary.records += report.records;
-        summary.folded += report.folded;
-        summary.duplicates += report.duplicates;
-        summary.dead_lettered += report.dead_lettered;
-        summary.scores += report.scores;
-        for (r, n) in &report.rejected_by_reason {
-            *summary.rejected_by_reason.entry(r.code()).or_default() += n;
-        }
-        for (k, n) in &report.alerts {
-            *summary.alerts.entry(*k).or_default() += n;
-        }
+        summary.add(&report);
         BatchCommitted {
             report: &report,
             counters: pipeline.counters(),
@@ -211,6 +219,110 @@ pub fn run_embedded(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
     }
     summary.seconds = start.elapsed().as_secs_f64();
     summary.totals = pipeline.counters().clone();
+    Ok(summary)
+}
+
+/// Runs the job against Kafka: the consumer group over the input topics, RocksDB state, outputs
+/// through the outbox to an idempotent producer. Runs until SIGINT/SIGTERM, then finishes the
+/// batch in flight, waits for the broker to acknowledge every output, leaves the group and exits.
+pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
+    use crate::config::TimerClock;
+    use crate::sink::kafka::KafkaSink;
+    use crate::source::kafka::KafkaSource;
+
+    crate::topics::check(&cfg)?;
+    let store: Arc<dyn Store> = Arc::new(RocksStore::open(&cfg.store)?);
+    let mut pipeline = Pipeline::open(Arc::clone(&cfg), Arc::clone(&store))?;
+    if cfg.kafka.output_format == "protobuf" {
+        pipeline.set_output_format(crate::codec::output::OutputFormat::Protobuf);
+    }
+    let mut sink = KafkaSink::new(&cfg)?;
+    let mut summary = RunSummary {
+        republished: pipeline.drain_outbox(&mut sink)?,
+        ..Default::default()
+    };
+    if summary.republished > 0 {
+        info!(
+            records = summary.republished,
+            "Outputs left unacknowledged by the last run were published again."
+        );
+    }
+    let mut source = KafkaSource::new(&cfg, Arc::clone(&store))?;
+    source.resume(pipeline.positions())?;
+    let sources = source.sources().to_vec();
+    let ownership = source.ownership();
+
+    let start = Instant::now();
+    let mut batch = InputBatch::default();
+    let wait = Duration::from_millis(cfg.pipeline.batch_max_ms);
+    let mut last_idle_commit = Instant::now();
+    let mut last_mem = Instant::now() - Duration::from_secs(60);
+    loop {
+        if opts.shutdown.is_triggered() {
+            summary.stopped_by_signal = true;
+            break;
+        }
+        // Backpressure: stop reading while the broker is not taking our outputs.
+        let depth = pipeline.outbox_depth();
+        if depth >= cfg.kafka.outbox_high_water {
+            source.set_paused(true);
+        } else if depth <= cfg.kafka.outbox_low_water {
+            source.set_paused(false);
+        }
+        batch.clear();
+        source.poll(cfg.pipeline.batch_max_records, wait, &mut batch)?;
+        let caught_up = source.caught_up();
+        let owned = ownership.lock().unwrap().owned.len();
+        metrics::gauge!(crate::telemetry::names::KAFKA_OWNED_PARTITIONS).set(owned as f64);
+        if let Some(h) = &opts.health {
+            h.ready
+                .store(owned > 0 && caught_up.len() == owned, Ordering::Relaxed);
+        }
+        let now = wall_now_ms();
+        // Idle: fire wall-clock timers of caught-up partitions about once a second.
+        let idle_tick = batch.records.is_empty()
+            && cfg.engine.timer_clock == TimerClock::Wall
+            && !caught_up.is_empty()
+            && last_idle_commit.elapsed() >= Duration::from_secs(1);
+        if batch.records.is_empty() && !idle_tick {
+            pipeline.settle(&mut sink)?;
+            continue;
+        }
+        last_idle_commit = Instant::now();
+        let wall = WallClock {
+            now_ms: now,
+            partitions: &caught_up,
+        };
+        let report = pipeline.process(&batch, &sources, Some(wall), &mut sink)?;
+        summary.add(&report);
+        source.commit_to_group(false);
+        BatchCommitted {
+            report: &report,
+            counters: pipeline.counters(),
+            outbox_depth: pipeline.outbox_depth(),
+            timers_scheduled: pipeline.timer_count(),
+            stream_time_ms: pipeline.stream_time(),
+            wall_now_ms: now,
+        }
+        .emit();
+        if last_mem.elapsed() > Duration::from_secs(5) {
+            telemetry::record_store_memory(&store.memory_bytes());
+            last_mem = Instant::now();
+        }
+    }
+    info!("Stopping: waiting for Kafka to acknowledge every output.");
+    pipeline.finish(&mut sink)?;
+    source.close();
+    store.flush()?;
+    summary.seconds = start.elapsed().as_secs_f64();
+    summary.totals = pipeline.counters().clone();
+    info!(
+        records = summary.records,
+        folded = summary.folded,
+        duplicates = summary.duplicates,
+        dead_lettered = summary.dead_lettered,
+        "Stopped cleanly."
+    );
     Ok(summary)
 }
 
@@ -577,4 +689,88 @@ pub fn write_portfolio(
     }
     w.flush()?;
     Ok((n, nbad))
+}
+
+/// How `produce` encodes events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WireFormat {
+    /// The JSON contract.
+    Json,
+    /// `rapport.v1.Event` protobuf.
+    Protobuf,
+    /// JSON, protobuf and Schema-Registry-framed protobuf in turn.
+    Mixed,
+}
+
+/// `rapport produce`: sends an NDJSON file of events to the input topics (each event to its
+/// type's topic, keyed by account id, partitioned as a Java client would). Lines that are not
+/// valid events are sent as they are to the product-usage topic, so that dead-letter handling
+/// can be exercised. Returns the number of records sent.
+pub fn produce(cfg: &Config, input: &Path, format: WireFormat) -> Result<u64> {
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    use std::io::BufRead;
+    let mut c = crate::source::kafka::client_config(cfg);
+    c.set("partitioner", "murmur2_random")
+        .set("linger.ms", "20")
+        .set("compression.type", "lz4")
+        .set("acks", "all");
+    let producer: ThreadedProducer<DefaultProducerContext> = c.create()?;
+    let f = std::io::BufReader::with_capacity(
+        1 << 20,
+        std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?,
+    );
+    let limits = crate::codec::DecodeLimits {
+        max_record_bytes: usize::MAX,
+        max_id_bytes: usize::MAX,
+    };
+    let t = &cfg.kafka.input_topics;
+    let mut n = 0u64;
+    for line in f.split(b'\n') {
+        let line = line?;
+        let (topic, key, payload): (&str, Option<String>, Vec<u8>) =
+            match crate::codec::json::decode_json(&line, &limits) {
+                Ok(ev) => {
+                    let topic = match ev.body {
+                        crate::domain::event::EventBody::ProductUsage(_) => &t.product_usage,
+                        crate::domain::event::EventBody::Email(_) => &t.email,
+                        crate::domain::event::EventBody::Call(_) => &t.call,
+                        crate::domain::event::EventBody::Deal(_) => &t.deal,
+                    };
+                    let payload = match (format, n % 3) {
+                        (WireFormat::Json, _) | (WireFormat::Mixed, 0) => line.clone(),
+                        (WireFormat::Protobuf, _) | (WireFormat::Mixed, 1) => {
+                            crate::codec::proto::encode_event(&ev)
+                        }
+                        _ => crate::codec::proto::frame_confluent(
+                            1,
+                            true,
+                            &crate::codec::proto::encode_event(&ev),
+                        ),
+                    };
+                    (topic.as_str(), Some(ev.account_id), payload)
+                }
+                Err(_) => (t.product_usage.as_str(), None, line.clone()),
+            };
+        loop {
+            let mut r: BaseRecord<'_, String, Vec<u8>> = BaseRecord::to(topic).payload(&payload);
+            if let Some(k) = &key {
+                r = r.key(k);
+            }
+            match producer.send(r) {
+                Ok(()) => break,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    _,
+                )) => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => bail!("cannot produce to {topic}: {e}"),
+            }
+        }
+        n += 1;
+    }
+    producer.flush(Duration::from_secs(120))?;
+    Ok(n)
 }

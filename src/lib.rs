@@ -14,6 +14,7 @@
 //! - [`pipeline`]: the batch loop — poll → decode → fold/score → one atomic write → publish outbox.
 //! - [`telemetry`]: metric names, tracing setup, the `/metrics` `/healthz` `/readyz` endpoint.
 //! - [`generate`]: synthetic portfolios for the demo, the tests and the benchmarks.
+//! - [`topics`]: Kafka topic checks (co-partitioning) and creation.
 //! - [`app`]: the commands (`run`, `demo`, `inspect`, `replay`, …) wired from the parts above.
 
 pub mod codec;
@@ -31,3 +32,4 @@ pub mod sink;
 pub mod source;
 pub mod store;
 pub mod telemetry;
+pub mod topics;

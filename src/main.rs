@@ -39,6 +39,21 @@ enum Cmd {
     Inspect(InspectArgs),
     /// Rebuild all state from the input log into a fresh store, then swap it in.
     Replay(RunArgs),
+    /// Send an NDJSON file of events to the Kafka input topics (for trials, tests and benchmarks).
+    Produce(ProduceArgs),
+    /// Kafka topics: `rapport topics create --config FILE` creates the input, output and DLQ topics.
+    Topics {
+        #[command(subcommand)]
+        action: TopicsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicsAction {
+    /// Create missing topics with the configured partition counts and replication.
+    Create(CommonArgs),
+    /// Check that the input topics exist and are co-partitioned.
+    Check(CommonArgs),
 }
 
 #[derive(Args)]
@@ -101,6 +116,18 @@ struct GenerateArgs {
     /// Insert one malformed record after every N events (0: none).
     #[arg(long, default_value_t = 0)]
     bad_every: u64,
+}
+
+#[derive(Args)]
+struct ProduceArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// NDJSON file of events.
+    #[arg(long, short)]
+    input: PathBuf,
+    /// Wire format of the records.
+    #[arg(long, value_enum, default_value_t = app::WireFormat::Json)]
+    format: app::WireFormat,
 }
 
 #[derive(Args)]
@@ -173,6 +200,14 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 shutdown,
                 health,
             };
+            if cfg.mode == rapport::config::Mode::Kafka {
+                let s = app::run_kafka(Arc::clone(&cfg), &opts)?;
+                println!(
+                    "Stopped: {} records this run = {} folded + {} duplicates + {} dead-lettered; {} score changes; every output acknowledged by Kafka.",
+                    s.records, s.folded, s.duplicates, s.dead_lettered, s.scores
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             let summary = app::run_embedded(Arc::clone(&cfg), &opts)?;
             let store = RocksStore::open(&cfg.store)?;
             app::print_summary(&cfg, &summary, &store, None, &mut std::io::stdout())?;
@@ -225,6 +260,47 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             })
         }
         Cmd::Demo(a) => demo(a),
+        Cmd::Produce(a) => {
+            let cfg = load(&a.common)?;
+            telemetry::init_logs(&cfg.telemetry.log_format);
+            let n = app::produce(&cfg, &a.input, a.format)?;
+            println!(
+                "Sent {n} records to the input topics at {}.",
+                cfg.kafka.brokers
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Topics {
+            action: TopicsAction::Create(c),
+        } => {
+            let cfg = load(&c)?;
+            telemetry::init_logs(&cfg.telemetry.log_format);
+            let mut t = comfy_table::Table::new();
+            t.load_style(comfy_table::presets::UTF8_FULL_CONDENSED)
+                .set_header(vec!["topic", "partitions", "status"]);
+            let mut failed = false;
+            for (topic, p, status) in rapport::topics::create(&cfg)? {
+                failed |= status.starts_with("failed");
+                t.add_row(vec![topic, p.to_string(), status]);
+            }
+            println!("{t}");
+            Ok(if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Cmd::Topics {
+            action: TopicsAction::Check(c),
+        } => {
+            let cfg = load(&c)?;
+            rapport::topics::check(&cfg)?;
+            println!(
+                "The input topics exist and are co-partitioned with {} partitions.",
+                cfg.engine.partitions
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

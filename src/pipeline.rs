@@ -246,6 +246,13 @@ impl Pipeline {
         Ok(n)
     }
 
+    /// Collects the sink's confirmations without waiting and deletes the confirmed outbox rows
+    /// (for idle moments between batches).
+    pub fn settle(&mut self, sink: &mut dyn Sink) -> Result<(), PipelineError> {
+        self.confirmed = self.confirmed.max(sink.confirmed(false)?);
+        self.flush_deletes()
+    }
+
     /// Waits for the sink to confirm everything and deletes the confirmed outbox rows.
     pub fn finish(&mut self, sink: &mut dyn Sink) -> Result<(), PipelineError> {
         self.confirmed = self.confirmed.max(sink.confirmed(true)?);

@@ -111,13 +111,29 @@ impl KafkaSink {
             SinkError::Other(format!("outbox record {seq} has unknown kind {}", rec.kind))
         })?;
         let topic = &self.topics[kind as usize];
+        // Dead letters carry why and where from: reason, detail, source_topic,
+        // source_partition, source_offset (and original_length when truncated).
         let mut headers = OwnedHeaders::new();
         let mut names: Vec<&String> = rec.headers.keys().collect();
         names.sort();
         for k in names {
+            let v = &rec.headers[k];
+            let (key, value): (&str, Vec<u8>) = match k.as_str() {
+                "source" => {
+                    let s = String::from_utf8_lossy(v);
+                    let topic = s
+                        .strip_prefix("kafka:")
+                        .and_then(|r| r.rsplit_once(':').map(|(t, _)| t.to_owned()))
+                        .unwrap_or_else(|| s.into_owned());
+                    ("source_topic", topic.into_bytes())
+                }
+                "partition" => ("source_partition", v.clone()),
+                "offset" => ("source_offset", v.clone()),
+                other => (other, v.clone()),
+            };
             headers = headers.insert(Header {
-                key: k,
-                value: Some(&rec.headers[k]),
+                key,
+                value: Some(&value),
             });
         }
         loop {

@@ -207,7 +207,6 @@ pub struct KafkaSource {
     last_group_commit: Instant,
     /// Latest position handed out per key index, for the group commit.
     handed: HashMap<u32, i64>,
-    last_end_check: Instant,
 }
 
 impl KafkaSource {
@@ -255,7 +254,6 @@ impl KafkaSource {
             paused: false,
             last_group_commit: Instant::now(),
             handed: HashMap::new(),
-            last_end_check: Instant::now() - Duration::from_secs(10),
         })
     }
 
@@ -265,25 +263,18 @@ impl KafkaSource {
 
     /// Owned partitions whose every input topic has been read to its end since assignment:
     /// their timers may fire on the wall clock (no false "gone dark" while catching up).
-    pub fn caught_up(&mut self) -> Vec<u16> {
-        let check = self.last_end_check.elapsed() >= Duration::from_secs(1);
-        if check {
-            self.last_end_check = Instant::now();
-        }
+    pub fn caught_up(&self) -> Vec<u16> {
         let mut own = self.ownership.lock().unwrap();
         let owned: Vec<u16> = own.owned.iter().copied().collect();
         for p in owned {
             for t in &self.topics {
                 let tp = (t.clone(), p as i32);
-                if own.at_end.contains(&tp) || !check {
+                if own.at_end.contains(&tp) {
                     continue;
                 }
-                // A round trip to the broker, at most once a second, and only until the
-                // partition has been caught up once.
-                let Ok((low, high)) =
-                    self.consumer
-                        .fetch_watermarks(t, p as i32, Duration::from_secs(1))
-                else {
+                // The watermarks librdkafka cached from its last fetch response: no round trip
+                // (a ListOffsets request would queue behind the long-polling fetch).
+                let Some((low, high)) = cached_watermarks(&self.consumer, t, p as i32) else {
                     continue;
                 };
                 if high < 0 {
@@ -383,6 +374,29 @@ impl KafkaSource {
         self.commit_to_group(true);
         self.consumer.unsubscribe();
     }
+}
+
+/// librdkafka's cached (low, high) watermarks of a partition, when known.
+fn cached_watermarks(
+    c: &BaseConsumer<RapportConsumerContext>,
+    topic: &str,
+    partition: i32,
+) -> Option<(i64, i64)> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid for the consumer's lifetime; the topic string outlives
+    // the call; librdkafka only writes the two out-parameters.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            c.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some((low, high))
 }
 
 fn split_key(key: &str) -> (&str, i32) {

@@ -1,0 +1,160 @@
+//! Kafka topics: the start-up check that the input topics exist and are co-partitioned, and
+//! `rapport topics create`.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::config::Config;
+use crate::source::kafka::client_config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    #[error(
+        "cannot reach Kafka at {brokers}: {reason}. Start a broker (deploy/local/kafka.sh start) or fix kafka.brokers (and kafka.client for TLS/SASL)."
+    )]
+    Unreachable { brokers: String, reason: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Partition counts of the given topics (None when a topic does not exist).
+pub fn partition_counts(cfg: &Config, topics: &[&str]) -> Result<Vec<Option<usize>>, TopicError> {
+    let consumer: BaseConsumer =
+        client_config(cfg)
+            .create()
+            .map_err(|e| TopicError::Unreachable {
+                brokers: cfg.kafka.brokers.clone(),
+                reason: e.to_string(),
+            })?;
+    let md = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(|e| TopicError::Unreachable {
+            brokers: cfg.kafka.brokers.clone(),
+            reason: e.to_string(),
+        })?;
+    Ok(topics
+        .iter()
+        .map(|t| {
+            md.topics()
+                .iter()
+                .find(|m| m.name() == *t && m.error().is_none())
+                .map(|m| m.partitions().len())
+        })
+        .collect())
+}
+
+/// The topics rapport reads and writes, with the partition count each should have.
+pub fn wanted(cfg: &Config) -> Vec<(String, i32)> {
+    let k = &cfg.kafka;
+    let mut v: Vec<(String, i32)> = k
+        .input_topics
+        .all()
+        .iter()
+        .map(|t| (t.to_string(), cfg.engine.partitions as i32))
+        .collect();
+    let o = &k.output_topics;
+    for t in [&o.health_scores, &o.churn_alerts, &o.dlq] {
+        v.push((t.clone(), k.output_partitions as i32));
+    }
+    v
+}
+
+/// Creates the missing topics. Returns (topic, partitions, "created" | "exists" | error).
+pub fn create(cfg: &Config) -> Result<Vec<(String, i32, String)>, TopicError> {
+    let wanted = wanted(cfg);
+    let names: Vec<&str> = wanted.iter().map(|(t, _)| t.as_str()).collect();
+    let existing = partition_counts(cfg, &names)?;
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(cfg)
+            .create()
+            .map_err(|e| TopicError::Unreachable {
+                brokers: cfg.kafka.brokers.clone(),
+                reason: e.to_string(),
+            })?;
+    let to_create: Vec<NewTopic> = wanted
+        .iter()
+        .zip(&existing)
+        .filter(|(_, e)| e.is_none())
+        .map(|((t, p), _)| {
+            NewTopic::new(
+                t,
+                *p,
+                TopicReplication::Fixed(cfg.kafka.replication_factor as i32),
+            )
+        })
+        .collect();
+    let mut results: Vec<(String, i32, String)> = wanted
+        .iter()
+        .zip(&existing)
+        .filter_map(|((t, _), e)| e.map(|n| (t.clone(), n as i32, "exists".to_owned())))
+        .collect();
+    if !to_create.is_empty() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| TopicError::Invalid(e.to_string()))?;
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let out = rt
+            .block_on(admin.create_topics(&to_create, &opts))
+            .map_err(|e| TopicError::Unreachable {
+                brokers: cfg.kafka.brokers.clone(),
+                reason: e.to_string(),
+            })?;
+        for r in out {
+            match r {
+                Ok(t) => {
+                    let p = wanted.iter().find(|(w, _)| *w == t).map_or(0, |(_, p)| *p);
+                    results.push((t, p, "created".to_owned()));
+                }
+                Err((t, e)) => results.push((t, 0, format!("failed: {e}"))),
+            }
+        }
+    }
+    results.sort();
+    Ok(results)
+}
+
+/// Checks that the input topics exist and share one partition count equal to
+/// `engine.partitions`; creates missing topics first when `kafka.create_topics` is set.
+pub fn check(cfg: &Config) -> Result<(), TopicError> {
+    if cfg.kafka.create_topics {
+        for (t, _, status) in create(cfg)? {
+            if status.starts_with("failed") {
+                return Err(TopicError::Invalid(format!(
+                    "could not create topic {t}: {status}"
+                )));
+            }
+        }
+    }
+    let inputs = cfg.kafka.input_topics.all();
+    let counts = partition_counts(cfg, &inputs)?;
+    for (t, c) in inputs.iter().zip(&counts) {
+        if c.is_none() {
+            return Err(TopicError::Invalid(format!(
+                "input topic {t} does not exist; create the topics with `rapport topics create --config FILE`, or set kafka.create_topics = true."
+            )));
+        }
+    }
+    let first = counts[0].unwrap_or(0);
+    if counts.iter().any(|c| *c != Some(first)) {
+        let list: Vec<String> = inputs
+            .iter()
+            .zip(&counts)
+            .map(|(t, c)| format!("{t}: {}", c.unwrap_or(0)))
+            .collect();
+        return Err(TopicError::Invalid(format!(
+            "the input topics are not co-partitioned ({}); all four must have the same partition count so that an account's events meet on one instance. Repartition them to one count.",
+            list.join(", ")
+        )));
+    }
+    if first != cfg.engine.partitions as usize {
+        return Err(TopicError::Invalid(format!(
+            "the input topics have {first} partitions but engine.partitions is {}; set engine.partitions = {first}.",
+            cfg.engine.partitions
+        )));
+    }
+    Ok(())
+}
