@@ -37,6 +37,16 @@ case "${1:-}" in
     need_system_packages
     shift
     cargo build --release --locked --bins
+    # The Kafka tests run against a real broker on loopback, started here (and stopped again
+    # if this run started it). A test that cannot reach it fails; none skips.
+    started_broker=0
+    if ! deploy/local/kafka.sh status >/dev/null 2>&1; then
+      deploy/local/kafka.sh start
+      started_broker=1
+    fi
+    stop_broker() { if [ "$started_broker" = 1 ]; then deploy/local/kafka.sh stop || true; fi; }
+    trap stop_broker EXIT
+    export RAPPORT_TEST_KAFKA="${RAPPORT_TEST_KAFKA:-127.0.0.1:${RAPPORT_KAFKA_PORT:-9092}}"
     cargo test --release --locked "$@"
     ;;
   build) build ;;

@@ -26,13 +26,32 @@ use crate::store::{Cf, RocksStore, Store};
 use crate::telemetry::http::Health;
 use crate::telemetry::{self, BatchCommitted};
 
-/// Asks the loop to stop: set by SIGINT/SIGTERM, or by a test.
-#[derive(Clone, Default)]
-pub struct Shutdown(Arc<AtomicBool>);
+/// Asks the loop to stop: set by SIGINT/SIGTERM, by a test, or after a number of records (for
+/// benchmarks).
+#[derive(Clone)]
+pub struct Shutdown(Arc<AtomicBool>, Arc<std::sync::atomic::AtomicU64>);
+
+impl Default for Shutdown {
+    fn default() -> Shutdown {
+        Shutdown(Arc::default(), Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX)))
+    }
+}
 
 impl Shutdown {
     pub fn new() -> Shutdown {
         Shutdown::default()
+    }
+    /// Stops the run once it has read `n` records.
+    pub fn after_records(n: u64) -> Shutdown {
+        let s = Shutdown::default();
+        s.1.store(n, Ordering::SeqCst);
+        s
+    }
+    /// Called by the loop with the records read so far.
+    pub fn note_records(&self, n: u64) {
+        if n >= self.1.load(Ordering::Relaxed) {
+            self.trigger();
+        }
     }
     pub fn trigger(&self) {
         self.0.store(true, Ordering::SeqCst);
@@ -188,6 +207,7 @@ pub fn run_embedded(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
         };
         let report = pipeline.process(&batch, &sources, Some(wall), &mut sink)?;
         summary.add(&report);
+        opts.shutdown.note_records(summary.records);
         BatchCommitted {
             report: &report,
             counters: pipeline.counters(),
@@ -295,6 +315,7 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
         };
         let report = pipeline.process(&batch, &sources, Some(wall), &mut sink)?;
         summary.add(&report);
+        opts.shutdown.note_records(summary.records);
         source.commit_to_group(false);
         BatchCommitted {
             report: &report,

@@ -15,6 +15,7 @@
 //! - [`telemetry`]: metric names, tracing setup, the `/metrics` `/healthz` `/readyz` endpoint.
 //! - [`generate`]: synthetic portfolios for the demo, the tests and the benchmarks.
 //! - [`topics`]: Kafka topic checks (co-partitioning) and creation.
+//! - [`bench`]: `rapport bench kafka` — raw consume vs rapport on the same topics, and latency.
 //! - [`app`]: the commands (`run`, `demo`, `inspect`, `replay`, …) wired from the parts above.
 
 pub mod codec;
@@ -27,6 +28,7 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/rapport.v1.rs"));
 }
 pub mod app;
+pub mod bench;
 pub mod pipeline;
 pub mod sink;
 pub mod source;

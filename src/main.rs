@@ -39,12 +39,36 @@ enum Cmd {
     Inspect(InspectArgs),
     /// Rebuild all state from the input log into a fresh store, then swap it in.
     Replay(RunArgs),
+    /// Benchmarks: `rapport bench kafka` compares a raw librdkafka consumer with rapport on the same topics.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
     /// Send an NDJSON file of events to the Kafka input topics (for trials, tests and benchmarks).
     Produce(ProduceArgs),
     /// Kafka topics: `rapport topics create --config FILE` creates the input, output and DLQ topics.
     Topics {
         #[command(subcommand)]
         action: TopicsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Raw consume vs rapport in Kafka mode on the same pre-produced topics, then latency at half
+    /// of rapport's maximum rate. Uses fresh, uniquely named topics on the configured broker.
+    Kafka {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[arg(long, default_value_t = 100_000)]
+        accounts: usize,
+        #[arg(long, default_value_t = 5_000_000)]
+        events: u64,
+        #[arg(long, value_enum, default_value_t = app::WireFormat::Json)]
+        format: app::WireFormat,
+        /// Seconds of steady input for the latency measurement.
+        #[arg(long, default_value_t = 20)]
+        latency_seconds: u64,
     },
 }
 
@@ -260,6 +284,13 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             })
         }
         Cmd::Demo(a) => demo(a),
+        Cmd::Bench { what: BenchWhat::Kafka { common, accounts, events, format, latency_seconds } } => {
+            let cfg = load(&common)?;
+            telemetry::init_logs(&cfg.telemetry.log_format);
+            let b = rapport::bench::KafkaBench { accounts, events, format, latency_seconds };
+            rapport::bench::kafka(&cfg, &b, &mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Produce(a) => {
             let cfg = load(&a.common)?;
             telemetry::init_logs(&cfg.telemetry.log_format);

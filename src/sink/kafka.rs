@@ -77,6 +77,7 @@ impl KafkaSink {
         let deliveries = Arc::new(Mutex::new(Deliveries::default()));
         let mut c = client_config(cfg);
         c.set("enable.idempotence", "true")
+            .set("statistics.interval.ms", "5000")
             .set("acks", "all")
             .set("partitioner", "murmur2_random")
             .set("linger.ms", "5")

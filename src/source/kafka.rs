@@ -154,7 +154,6 @@ pub fn client_config(cfg: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &k.brokers);
     c.set("client.id", &k.client_id);
-    c.set("statistics.interval.ms", "5000");
     for (key, v) in &k.client {
         c.set(key, v);
     }
@@ -218,6 +217,7 @@ impl KafkaSource {
         };
         let mut c = client_config(cfg);
         c.set("group.id", &cfg.kafka.group_id)
+            .set("statistics.interval.ms", "5000")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")

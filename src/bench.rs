@@ -1,0 +1,235 @@
+//! `rapport bench kafka`: on the local broker and the same pre-produced topic data, measures a raw
+//! librdkafka consume loop (the physical limit), then rapport in Kafka mode processing the same
+//! data to completion, then event-to-output latency at a steady input rate of half rapport's
+//! measured maximum. Prints one table; ratios are taken within the same run.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use comfy_table::{Cell, CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use crate::app::{self, RunOptions, Shutdown, WireFormat};
+use crate::config::{Config, TimerClock};
+use crate::generate::{GenSpec, Portfolio};
+use crate::source::kafka::client_config;
+
+pub struct KafkaBench {
+    pub accounts: usize,
+    pub events: u64,
+    pub format: WireFormat,
+    pub latency_seconds: u64,
+}
+
+fn rate(n: u64, secs: f64) -> f64 {
+    if secs > 0.0 { n as f64 / secs } else { 0.0 }
+}
+
+/// Reads every input record with a plain consumer (same group protocol as rapport) and
+/// discards it.
+fn raw_consume(cfg: &Config, total: u64) -> Result<f64> {
+    let mut c = client_config(cfg);
+    c.set("group.id", format!("{}-raw", cfg.kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "range");
+    let consumer: BaseConsumer = c.create()?;
+    consumer.subscribe(&cfg.kafka.input_topics.all())?;
+    let start = Instant::now();
+    let mut n = 0u64;
+    let mut bytes = 0usize;
+    while n < total {
+        if start.elapsed() > Duration::from_secs(900) {
+            bail!("raw consume read {n} of {total} records in 15 minutes");
+        }
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m?;
+            bytes += m.payload().map_or(0, <[u8]>::len);
+            n += 1;
+        }
+    }
+    std::hint::black_box(bytes);
+    Ok(start.elapsed().as_secs_f64())
+}
+
+pub fn kafka(base: &Config, b: &KafkaBench, out: &mut dyn std::io::Write) -> Result<()> {
+    let stamp = app::wall_now_ms();
+    let dir = tempfile::Builder::new().prefix("rapport-bench-").tempdir()?;
+    let mut cfg = base.clone();
+    cfg.mode = crate::config::Mode::Kafka;
+    let suffix = format!("bench-{stamp}");
+    let k = &mut cfg.kafka;
+    for t in [&mut k.input_topics.product_usage, &mut k.input_topics.email, &mut k.input_topics.call, &mut k.input_topics.deal] {
+        *t = format!("{t}.{suffix}");
+    }
+    for t in [&mut k.output_topics.health_scores, &mut k.output_topics.churn_alerts, &mut k.output_topics.dlq] {
+        *t = format!("{t}.{suffix}");
+    }
+    k.group_id = format!("rapport-{suffix}");
+    k.output_partitions = cfg.engine.partitions as u32;
+    cfg.store.data_dir = dir.path().join("data");
+    cfg.telemetry.listen = String::new();
+    crate::topics::create(&cfg)?;
+
+    // The data: a generated portfolio, as many days as it takes to reach the event count.
+    let per_account_day = 2.0;
+    let days = ((b.events as f64 / b.accounts as f64 / per_account_day).ceil() as u32).max(1);
+    let file = dir.path().join("events.ndjson");
+    let p = Portfolio::new(GenSpec { accounts: b.accounts, days, usage_per_day: 1.0, ..GenSpec::default() });
+    app::write_portfolio(&p, &file, 0)?;
+    let truncated = dir.path().join("events-cut.ndjson");
+    let total = head_lines(&file, &truncated, b.events)?;
+    let t0 = Instant::now();
+    app::produce(&cfg, &truncated, b.format)?;
+    writeln!(out, "Produced {total} events ({} accounts) in {:.1} s.", b.accounts, t0.elapsed().as_secs_f64())?;
+
+    let raw_secs = raw_consume(&cfg, total)?;
+    let raw = rate(total, raw_secs);
+
+    // rapport to completion, in this process.
+    let cfg = Arc::new(cfg);
+    let opts = RunOptions { progress: false, shutdown: Shutdown::after_records(total), health: None };
+    let summary = app::run_kafka(Arc::clone(&cfg), &opts)?;
+    let ours = rate(summary.records, summary.seconds);
+
+    // Latency at half of rapport's maximum rate.
+    let lat = latency(&cfg, (ours / 2.0).max(100.0), b.latency_seconds)?;
+
+    let mut t = Table::new();
+    t.load_style(UTF8_FULL_CONDENSED).set_header(vec!["contender", "events", "seconds", "events/s", "ratio to raw"]);
+    for (name, n, secs) in [
+        ("raw librdkafka consume", total, raw_secs),
+        ("rapport, Kafka mode", summary.records, summary.seconds),
+    ] {
+        let r = rate(n, secs);
+        t.add_row(vec![
+            Cell::new(name),
+            Cell::new(n).set_alignment(CellAlignment::Right),
+            Cell::new(format!("{secs:.2}")).set_alignment(CellAlignment::Right),
+            Cell::new(format!("{r:.0}")).set_alignment(CellAlignment::Right),
+            Cell::new(format!("{:.2}", r / raw)).set_alignment(CellAlignment::Right),
+        ]);
+    }
+    writeln!(out, "{t}")?;
+    writeln!(
+        out,
+        "Latency, event to health-score output, at {:.0} events/s for {} s ({} samples): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms.",
+        lat.rate, b.latency_seconds, lat.samples, lat.p50_ms, lat.p99_ms, lat.max_ms
+    )?;
+    Ok(())
+}
+
+fn head_lines(from: &Path, to: &Path, n: u64) -> Result<u64> {
+    use std::io::{BufRead, Write};
+    let r = std::io::BufReader::new(std::fs::File::open(from)?);
+    let mut w = std::io::BufWriter::new(std::fs::File::create(to)?);
+    let mut count = 0;
+    for line in r.split(b'\n') {
+        if count >= n {
+            break;
+        }
+        w.write_all(&line?)?;
+        w.write_all(b"\n")?;
+        count += 1;
+    }
+    w.flush()?;
+    Ok(count)
+}
+
+struct Latency {
+    rate: f64,
+    samples: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+/// Sends usage events of new accounts, stamped with the wall clock, at `rate` per second while
+/// rapport runs live; each yields the account's first health score, whose `as_of` is that event's
+/// time. Latency = when the score is read from the output topic − `as_of`.
+fn latency(cfg: &Arc<Config>, rate: f64, seconds: u64) -> Result<Latency> {
+    // Live settings: wall-clock timers, small batches come as they are.
+    let mut live = (**cfg).clone();
+    live.engine.timer_clock = TimerClock::Wall;
+    let live = Arc::new(live);
+    let shutdown = Shutdown::new();
+    let runner = {
+        let (live, shutdown) = (Arc::clone(&live), shutdown.clone());
+        std::thread::spawn(move || {
+            app::run_kafka(live, &RunOptions { progress: false, shutdown, health: None })
+        })
+    };
+    // Read the score topic from its current end.
+    let mut c = client_config(cfg);
+    c.set("group.id", format!("{}-latency", cfg.kafka.group_id)).set("enable.auto.commit", "false");
+    let reader: BaseConsumer = c.create()?;
+    let topic = &cfg.kafka.output_topics.health_scores;
+    let md = reader.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::End)?;
+    }
+    reader.assign(&tpl)?;
+    // Let the reader and rapport settle on their positions before sending.
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_secs(3) {
+        reader.poll(Duration::from_millis(100));
+    }
+
+    let mut pc = client_config(cfg);
+    pc.set("partitioner", "murmur2_random").set("linger.ms", "0").set("acks", "all");
+    let producer: ThreadedProducer<DefaultProducerContext> = pc.create()?;
+    let n = (rate * seconds as f64) as u64;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now();
+    let mut lat_ms: Vec<f64> = Vec::with_capacity(n as usize);
+    let mut sent = 0u64;
+    let read = |lat_ms: &mut Vec<f64>, wait: Duration| {
+        if let Some(Ok(m)) = reader.poll(wait) {
+            let now = app::wall_now_ms();
+            if let Some(v) = m.payload().and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok()) {
+                let is_probe = v["account_id"].as_str().is_some_and(|a| a.starts_with("lat-"));
+                if is_probe && v["previous_score"].is_null() {
+                    if let Some(t) = v["as_of"].as_str().and_then(crate::codec::time::parse_rfc3339_ms) {
+                        lat_ms.push((now - t) as f64);
+                    }
+                }
+            }
+        }
+    };
+    while sent < n {
+        let due = start + interval * sent as u32;
+        if Instant::now() < due {
+            read(&mut lat_ms, Duration::ZERO);
+            continue;
+        }
+        let now = app::wall_now_ms();
+        let account = format!("lat-{sent}");
+        let line = format!(
+            r#"{{"event_id":"lat-{sent}","account_id":"{account}","occurred_at":"{}","type":"product_usage","user_id":"u1","feature":"reports.export"}}"#,
+            crate::codec::time::format_rfc3339_ms(now)
+        );
+        let r: BaseRecord<'_, String, String> = BaseRecord::to(&cfg.kafka.input_topics.product_usage).key(&account).payload(&line);
+        if producer.send(r).is_ok() {
+            sent += 1;
+        }
+    }
+    producer.flush(Duration::from_secs(30))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lat_ms.len() < n as usize && Instant::now() < deadline {
+        read(&mut lat_ms, Duration::from_millis(100));
+    }
+    shutdown.trigger();
+    runner.join().map_err(|_| anyhow::anyhow!("the rapport thread panicked"))?.context("rapport (latency run)")?;
+    if lat_ms.is_empty() {
+        bail!("no health scores came back for the latency probes");
+    }
+    lat_ms.sort_by(f64::total_cmp);
+    let q = |x: f64| lat_ms[((lat_ms.len() - 1) as f64 * x).round() as usize];
+    Ok(Latency { rate, samples: lat_ms.len(), p50_ms: q(0.5), p99_ms: q(0.99), max_ms: *lat_ms.last().unwrap() })
+}
