@@ -502,7 +502,7 @@ pub fn print_summary(
     store: &dyn Store,
     labels: Option<&dyn Fn(&str) -> String>,
     out: &mut dyn Write,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let s = summary;
     let accounted = s.folded + s.duplicates + s.dead_lettered;
     let mut t = Table::new();
@@ -643,7 +643,7 @@ pub fn print_summary(
     }
     writeln!(out, "\nMost at-risk accounts")?;
     writeln!(out, "{t}")?;
-    Ok(())
+    Ok(accounts.iter().find(|(_, s)| s.scored).map(|(_, s)| s.account_id.clone()))
 }
 
 /// `rapport replay`: rebuilds every account's state from the input log into a fresh store, then

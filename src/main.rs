@@ -44,6 +44,8 @@ enum Cmd {
         #[command(subcommand)]
         what: BenchWhat,
     },
+    /// Print the reference table of every metric rapport exports (Markdown).
+    Metrics,
     /// Send an NDJSON file of events to the Kafka input topics (for trials, tests and benchmarks).
     Produce(ProduceArgs),
     /// Kafka topics: `rapport topics create --config FILE` creates the input, output and DLQ topics.
@@ -284,6 +286,10 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             })
         }
         Cmd::Demo(a) => demo(a),
+        Cmd::Metrics => {
+            print!("{}", telemetry::names::markdown_table());
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Bench { what: BenchWhat::Kafka { common, accounts, events, format, latency_seconds } } => {
             let cfg = load(&common)?;
             telemetry::init_logs(&cfg.telemetry.log_format);
@@ -379,7 +385,7 @@ fn demo(a: DemoArgs) -> Result<ExitCode> {
         .map(|i| (portfolio.account_id(i), portfolio.archetype(i).name()))
         .collect();
     let label = |acct: &str| ids.get(acct).copied().unwrap_or("?").replace('_', " ");
-    app::print_summary(&cfg, &summary, &store, Some(&label), &mut std::io::stdout())?;
+    let worst = app::print_summary(&cfg, &summary, &store, Some(&label), &mut std::io::stdout())?;
 
     // How well did the alerts find the accounts that were built to churn?
     let alerts = std::fs::read_to_string(
@@ -416,18 +422,10 @@ fn demo(a: DemoArgs) -> Result<ExitCode> {
     println!(
         "\nPlanted risks caught: {caught} of {at_risk} at-risk accounts raised at least one alert; {noisy} of {healthy} healthy accounts did."
     );
-    if let Some(worst) = std::fs::read_to_string(
-        cfg.embedded
-            .output_dir
-            .join(rapport::sink::file::HEALTH_SCORES),
-    )
-    .ok()
-    .and_then(|s| s.lines().last().map(str::to_owned))
-    .and_then(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
-    .and_then(|v| v["account_id"].as_str().map(str::to_owned))
+    if let Some(worst) = worst
     {
         println!(
-            "Look closer:  rapport inspect {worst} --data-dir {}\nOutputs:      {}",
+            "Look closer:  ./dev.sh rapport inspect {worst} --data-dir {}\nOutputs:      {}",
             cfg.store.data_dir.display(),
             cfg.embedded.output_dir.display()
         );

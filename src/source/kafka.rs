@@ -486,3 +486,24 @@ impl Source for KafkaSource {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_and_the_rest_is_shown() {
+        let mut cfg = Config::defaults();
+        cfg.kafka.client.insert("sasl.password".into(), "hunter2".into());
+        cfg.kafka.client.insert("ssl.key.password".into(), "k3y".into());
+        cfg.kafka.client.insert("sasl.username".into(), "rapport".into());
+        let shown = format!("{:?}", redacted(&client_config(&cfg)));
+        assert!(!shown.contains("hunter2") && !shown.contains("k3y"), "{shown}");
+        assert!(shown.contains("rapport") && shown.contains("127.0.0.1:9092"), "{shown}");
+    }
+
+    #[test]
+    fn position_keys_round_trip() {
+        assert_eq!(split_key(&position_key("engagement.email", 7)), ("engagement.email", 7));
+    }
+}

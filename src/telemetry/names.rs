@@ -165,3 +165,13 @@ pub const ALL: &[MetricDoc] = &[
         "RocksDB memory: block_cache, memtables, table_readers.",
     ),
 ];
+
+/// The metric reference as a Markdown table (README.md holds a copy; a test keeps them equal).
+pub fn markdown_table() -> String {
+    let mut out = String::from("| metric | type | labels | meaning |\n|---|---|---|---|\n");
+    for (name, kind, labels, help) in ALL {
+        let labels = if labels.is_empty() { "—".to_owned() } else { format!("`{}`", labels.replace(',', "`, `")) };
+        out.push_str(&format!("| `{name}` | {kind} | {labels} | {help} |\n"));
+    }
+    out
+}
