@@ -41,7 +41,7 @@ case "${1:-}" in
     # if this run started it). A test that cannot reach it fails; none skips.
     started_broker=0
     if ! deploy/local/kafka.sh status >/dev/null 2>&1; then
-      deploy/local/kafka.sh start
+      deploy/local/kafka.sh start --sasl
       started_broker=1
     fi
     stop_broker() { if [ "$started_broker" = 1 ]; then deploy/local/kafka.sh stop || true; fi; }

@@ -81,6 +81,9 @@ pub struct KafkaConfig {
     pub outbox_low_water: u64,
     /// "json" (the contract) or "protobuf" (`rapport.v1.HealthScoreChanged`, `ChurnAlert`).
     pub output_format: String,
+    /// Records of one partition's four topics are processed in record-timestamp order; a topic
+    /// with nothing fetched holds the others back at most this long (unless it is read to its end).
+    pub merge_wait_ms: u64,
     /// Extra librdkafka settings for both consumer and producer, passed through as they are
     /// (TLS and SASL: "security.protocol", "ssl.ca.location", "sasl.mechanism", "sasl.username",
     /// "sasl.password", ...). Values of keys that look secret are never logged.
@@ -342,6 +345,9 @@ pub struct PipelineConfig {
     pub batch_max_records: usize,
     /// Longest wait to fill a batch when input is slow, milliseconds.
     pub batch_max_ms: u64,
+    /// Decoded account states kept in memory between batches, MiB (0: none). Only committed
+    /// states are cached; a hit saves a RocksDB lookup and a protobuf decode.
+    pub state_cache_mb: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -377,7 +383,13 @@ impl Config {
         if let Some(path) = file {
             f = f.merge(Toml::file_exact(path));
         }
-        f.merge(Env::prefixed("RAPPORT_").split("__"))
+        // Only RAPPORT_MODE and RAPPORT_<SECTION>__<KEY>: other RAPPORT_* variables (the test
+        // harness's, the local broker script's) are not configuration.
+        f.merge(
+            Env::prefixed("RAPPORT_")
+                .filter(|k| k.as_str().contains("__") || k.as_str().eq_ignore_ascii_case("mode"))
+                .split("__"),
+        )
     }
 
     /// Defaults, then `file`, then `RAPPORT_*` environment variables; then [`validate`](Self::validate).
@@ -606,6 +618,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("partitions"), "{e}");
+    }
+
+    #[test]
+    fn unrelated_rapport_variables_are_not_configuration() {
+        // SAFETY: no other test reads these variables.
+        unsafe { std::env::set_var("RAPPORT_TEST_SOMETHING_ELSE", "x") };
+        let r = Config::load(None);
+        unsafe { std::env::remove_var("RAPPORT_TEST_SOMETHING_ELSE") };
+        r.unwrap();
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! partition's stream time passes them, so the result does not depend on where batches begin
 //! and end.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,11 +27,12 @@ use crate::domain::{AlertStatus, Output, evaluate, fold};
 use crate::pb::{AccountState, Counters, OutboxRecord, PartitionClock, SourcePosition};
 use crate::sink::{OutputKind, Sink, SinkError};
 use crate::source::InputBatch;
+use crate::store::cache::KeyHash;
 use crate::store::keys::{
-    self, COUNTERS_KEY, OUTBOX_NEXT_KEY, PARTITIONS_KEY, clock_key, dedup_key, outbox_key,
-    parse_outbox_key, parse_timer_key, state_key, timer_key,
+    self, COUNTERS_KEY, DEDUP_KEY_LEN, OUTBOX_NEXT_KEY, PARTITIONS_KEY, clock_key,
+    dedup_key_array, outbox_key, parse_outbox_key, parse_timer_key, state_key_into, timer_key,
 };
-use crate::store::{Cf, Store, StoreError, WriteSet};
+use crate::store::{Cf, StateCache, Store, StoreError, WriteSet};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -81,6 +82,9 @@ struct Entry {
     dirty: bool,
 }
 
+/// The accounts a batch works on, by state key.
+type Entries = HashMap<Box<[u8]>, Entry, KeyHash>;
+
 pub struct Pipeline {
     cfg: Arc<Config>,
     store: Arc<dyn Store>,
@@ -99,6 +103,10 @@ pub struct Pipeline {
     confirmed: u64,
     /// Confirmed rows not yet deleted from the outbox (deleted in the next commit).
     delete_from: u64,
+    /// Committed account states kept between batches.
+    cache: StateCache,
+    /// The write of the last batch, cleared and reused.
+    write_set: WriteSet,
 }
 
 fn type_index(ev: &Event) -> usize {
@@ -177,6 +185,7 @@ impl Pipeline {
             })
             .unwrap_or(0);
         let next_seq = last.map_or(0, |l| l + 1).max(stored_next);
+        let cfg_cache_bytes = cfg.pipeline.state_cache_mb << 20;
         let confirmed = first.unwrap_or(next_seq);
         Ok(Pipeline {
             limits: DecodeLimits {
@@ -194,6 +203,8 @@ impl Pipeline {
             next_seq,
             confirmed,
             delete_from: confirmed,
+            cache: StateCache::new(cfg_cache_bytes),
+            write_set: WriteSet::default(),
         })
     }
 
@@ -316,39 +327,61 @@ impl Pipeline {
             })
             .collect();
 
-        // 2. Look up the batch's dedup marks and account states in two batched reads.
-        let mut dkeys: Vec<Vec<u8>> = Vec::new();
-        let mut skeys: Vec<Vec<u8>> = Vec::new();
-        for (ev, p) in decoded.iter().flatten() {
-            dkeys.push(dedup_key(*p, &ev.account_id, &ev.event_id));
-            skeys.push(state_key(*p, &ev.account_id));
+        // 2. Look up the batch's dedup marks (one batched read) and account states (the cache
+        //    first, one batched read for the rest).
+        // Each event's dedup key, in event order, and the index of that key among the batch's
+        // distinct keys: marks are then looked up and recorded by index, without hashing.
+        let dkeys: Vec<[u8; DEDUP_KEY_LEN]> = decoded
+            .iter()
+            .flatten()
+            .map(|(ev, p)| dedup_key_array(*p, &ev.account_id, &ev.event_id))
+            .collect();
+        let mut order: Vec<u32> = (0..dkeys.len() as u32).collect();
+        order.sort_unstable_by_key(|&i| dkeys[i as usize]);
+        let mut distinct: Vec<&[u8]> = Vec::with_capacity(order.len());
+        let mut slot_of = vec![0u32; dkeys.len()];
+        for &i in &order {
+            let k = &dkeys[i as usize][..];
+            if distinct.last() != Some(&k) {
+                distinct.push(k);
+            }
+            slot_of[i as usize] = distinct.len() as u32 - 1;
         }
-        // Each event's dedup key, in event order; the lookup needs them sorted and unique.
-        let mut sorted: Vec<Vec<u8>> = dkeys.clone();
-        sorted.sort_unstable();
-        sorted.dedup();
-        let event_dkeys = dkeys;
-        skeys.sort_unstable();
-        skeys.dedup();
-        let mut marks: HashMap<&[u8], i32> = HashMap::with_capacity(sorted.len());
-        self.store.multi_get(Cf::Dedup, &sorted, &mut |i, v| {
+        // The latest mark of each distinct key: from the store, then from this batch's events.
+        let mut mark: Vec<Option<i32>> = vec![None; distinct.len()];
+        self.store.multi_get(Cf::Dedup, &distinct, &mut |i, v| {
             if let Some(v) = v.and_then(|v| v.get(..4)) {
-                marks.insert(
-                    sorted[i].as_slice(),
-                    i32::from_le_bytes(v.try_into().unwrap()),
-                );
+                mark[i] = Some(i32::from_le_bytes(v.try_into().unwrap()));
             }
         })?;
-        let mut entries: HashMap<Vec<u8>, Entry> = HashMap::with_capacity(skeys.len());
+
+        let mut entries: Entries = HashMap::with_capacity_and_hasher(dkeys.len(), KeyHash::default());
+        let mut key_buf: Vec<u8> = Vec::with_capacity(64);
+        let mut misses: Vec<Vec<u8>> = Vec::new();
+        for (ev, p) in decoded.iter().flatten() {
+            state_key_into(*p, &ev.account_id, &mut key_buf);
+            if entries.contains_key(key_buf.as_slice()) {
+                continue;
+            }
+            match self.cache.take(&key_buf) {
+                Some((k, s)) => {
+                    entries.insert(k, entry_of(s, *p, &cfg, true));
+                }
+                None => misses.push(key_buf.clone()),
+            }
+        }
+        misses.sort_unstable();
+        misses.dedup();
+        let miss_keys: Vec<&[u8]> = misses.iter().map(Vec::as_slice).collect();
         let mut load_err = None;
-        self.store.multi_get(Cf::State, &skeys, &mut |i, v| {
+        self.store.multi_get(Cf::State, &miss_keys, &mut |i, v| {
             if let Some(v) = v {
                 match state::decode(v) {
                     Ok(s) => {
-                        let p = keys::parse_state_key(&skeys[i]).map_or(0, |(p, _)| p);
-                        entries.insert(skeys[i].clone(), entry_of(s, p, &cfg, true));
+                        let p = keys::parse_state_key(miss_keys[i]).map_or(0, |(p, _)| p);
+                        entries.insert(miss_keys[i].into(), entry_of(s, p, &cfg, true));
                     }
-                    Err(e) => load_err = Some((skeys[i].clone(), e)),
+                    Err(e) => load_err = Some((miss_keys[i].to_vec(), e)),
                 }
             }
         })?;
@@ -356,22 +389,22 @@ impl Pipeline {
             let account = keys::parse_state_key(&k).map_or(String::new(), |(_, a)| a.to_owned());
             return Err(PipelineError::State { account, source: e });
         }
+        drop(miss_keys);
+        drop(misses);
 
         // 3. Fold and evaluate, record by record, in input order.
         // Outputs in the order they happen (dead letters, score changes, alerts interleaved), so
         // the published sequence does not depend on where batches begin and end.
         let mut outbox: Vec<OutboxRecord> = Vec::new();
-        let mut new_marks: Vec<(usize, i32)> = Vec::new();
-        let mut seen: HashMap<&[u8], i32> = HashMap::new();
-        let mut clocks_dirty: HashSet<u16> = HashSet::new();
-        let mut last_pos: HashMap<u32, u64> = HashMap::new();
+        let mut new_marks: Vec<(u32, i32)> = Vec::new();
+        let mut clocks_dirty = vec![false; n as usize];
+        let mut last_pos: Vec<Option<u64>> = vec![None; sources.len()];
         let lateness = cfg.engine.allowed_lateness_secs as i64 * 1000;
         let retention = cfg.engine.dedup_retention_days as i32;
         let mut ev_i = 0;
-        let mut key_buf: Vec<u8> = Vec::with_capacity(64);
         let mut outs = Vec::new();
         for (r, d) in batch.records.iter().zip(&decoded) {
-            last_pos.insert(r.source, r.next);
+            last_pos[r.source as usize] = Some(r.next);
             let (ev, p) = match d {
                 Err(rej) => {
                     report.dead_lettered += 1;
@@ -386,22 +419,18 @@ impl Pipeline {
                 }
                 Ok((ev, p)) => (ev, *p),
             };
-            let dkey = &event_dkeys[ev_i];
+            let slot = slot_of[ev_i] as usize;
             ev_i += 1;
             let stream = self.clocks[p as usize].max(ev.occurred_at_ms);
             let horizon = day_of(stream) - retention;
-            // The latest mark of this id: from earlier in this batch, else from the store. The
+            // The latest mark of this id, from earlier in this batch or else from the store. The
             // same retention rule applies to both, so batching cannot change the verdict.
-            let prior = seen
-                .get(dkey.as_slice())
-                .or_else(|| marks.get(dkey.as_slice()))
-                .copied();
-            if prior.is_some_and(|day| day >= horizon) {
+            if mark[slot].is_some_and(|day| day >= horizon) {
                 report.duplicates += 1;
                 continue;
             }
-            seen.insert(dkey.as_slice(), day_of(ev.occurred_at_ms));
-            new_marks.push((ev_i - 1, day_of(ev.occurred_at_ms)));
+            mark[slot] = Some(day_of(ev.occurred_at_ms));
+            new_marks.push((ev_i as u32 - 1, day_of(ev.occurred_at_ms)));
 
             // Timers due before this event fire first: event time, as the log says.
             if cfg.engine.timer_clock == TimerClock::Event {
@@ -409,27 +438,22 @@ impl Pipeline {
             }
             if stream != self.clocks[p as usize] {
                 self.clocks[p as usize] = stream;
-                clocks_dirty.insert(p);
+                clocks_dirty[p as usize] = true;
             }
             let late = ev.occurred_at_ms < stream - lateness;
             report.late += late as u64;
-            key_buf.clear();
-            key_buf.extend_from_slice(&p.to_be_bytes());
-            key_buf.extend_from_slice(ev.account_id.as_bytes());
-            if !entries.contains_key(key_buf.as_slice()) {
-                entries.insert(
-                    key_buf.clone(),
-                    Entry {
-                        state: state::new_state(&ev.account_id, ev.occurred_at_ms),
-                        partition: p,
-                        stored_timer: 0,
-                        band_before: None,
-                        existed: false,
-                        dirty: false,
-                    },
-                );
-            }
-            let e = entries.get_mut(key_buf.as_slice()).expect("present");
+            state_key_into(p, &ev.account_id, &mut key_buf);
+            let e = match entries.get_mut(key_buf.as_slice()) {
+                Some(e) => e,
+                None => entries.entry(key_buf.as_slice().into()).or_insert(Entry {
+                    state: state::new_state(&ev.account_id, ev.occurred_at_ms),
+                    partition: p,
+                    stored_timer: 0,
+                    band_before: None,
+                    existed: false,
+                    dirty: false,
+                }),
+            };
             fold(&mut e.state, ev, late, &cfg);
             let next = evaluate(&mut e.state, stream, &cfg, &mut outs);
             e.dirty = true;
@@ -449,8 +473,18 @@ impl Pipeline {
         }
 
         // 5. One atomic write.
-        let mut w = WriteSet::default();
-        for (key, e) in entries.iter().filter(|(_, e)| e.dirty) {
+        // States and dedup marks go in key order: RocksDB's skip-list memtable then finds each
+        // insert position next to the previous one instead of searching from the top, which
+        // makes inserts several times cheaper. (Two marks of one key keep their event order.)
+        let mut w = std::mem::take(&mut self.write_set);
+        w.clear();
+        let mut dirty: Vec<(&[u8], &Entry)> = entries
+            .iter()
+            .filter(|(_, e)| e.dirty)
+            .map(|(k, e)| (&k[..], e))
+            .collect();
+        dirty.sort_unstable_by_key(|(k, _)| *k);
+        for (key, e) in dirty {
             w.put_with(Cf::State, key, |buf| {
                 e.state.encode(buf).expect("Vec grows")
             });
@@ -481,23 +515,30 @@ impl Pipeline {
                 bump_band(&mut self.counters, after, 1);
             }
         }
+        new_marks.sort_by_key(|&(i, _)| dkeys[i as usize]);
         for (i, day) in new_marks {
-            w.put(Cf::Dedup, &event_dkeys[i], &day.to_le_bytes());
+            w.put(Cf::Dedup, &dkeys[i as usize], &day.to_le_bytes());
         }
-        for p in &clocks_dirty {
+        for (p, _) in clocks_dirty.iter().enumerate().filter(|(_, d)| **d) {
             let c = PartitionClock {
-                stream_time_ms: self.clocks[*p as usize],
+                stream_time_ms: self.clocks[p],
             };
-            w.put(Cf::Meta, &clock_key(*p), &c.encode_to_vec());
+            w.put(Cf::Meta, &clock_key(p as u16), &c.encode_to_vec());
         }
-        for (src, next) in &last_pos {
-            let key = &sources[*src as usize];
+        for (src, next) in last_pos.iter().enumerate() {
+            let Some(next) = *next else { continue };
+            let key = &sources[src];
             w.put(
                 Cf::Offsets,
                 key.as_bytes(),
-                &SourcePosition { next: *next }.encode_to_vec(),
+                &SourcePosition { next }.encode_to_vec(),
             );
-            self.positions.insert(key.clone(), *next);
+            match self.positions.get_mut(key) {
+                Some(pos) => *pos = next,
+                None => {
+                    self.positions.insert(key.clone(), next);
+                }
+            }
         }
         self.counters.records_in += report.records;
         self.counters.folded += report.folded;
@@ -530,6 +571,12 @@ impl Pipeline {
         report.commit_seconds = t0.elapsed().as_secs_f64();
         self.delete_from = self.confirmed;
         self.next_seq += outbox.len() as u64;
+        // The buffers are kept for the next batch (they grow to a batch's size once).
+        self.write_set = w;
+        // Committed: only now may the batch's states be seen by later batches through the cache.
+        for (key, e) in entries.drain() {
+            self.cache.put(key, e.state);
+        }
 
         // 6. Publish; confirmed rows are deleted with the next commit.
         for (i, rec) in outbox.iter().enumerate() {
@@ -541,6 +588,16 @@ impl Pipeline {
                 .set_dedup_horizon(day_of(*min_clock) - retention - 1);
         }
         Ok(report)
+    }
+
+    /// Forgets the cached states of these account partitions: to be called when their state may
+    /// have changed in the store behind the pipeline's back (restored from elsewhere after a
+    /// rebalance), so that the next batch reads it from the store.
+    pub fn forget_cached_states(&mut self, partitions: &[u16]) {
+        self.cache.forget(|k| {
+            k.get(..2)
+                .is_some_and(|p| partitions.contains(&u16::from_be_bytes([p[0], p[1]])))
+        });
     }
 
     /// Encodes one engine output into an outbox record.
@@ -585,39 +642,51 @@ impl Pipeline {
         &mut self,
         p: u16,
         up_to: i64,
-        entries: &mut HashMap<Vec<u8>, Entry>,
+        entries: &mut Entries,
         outbox: &mut Vec<OutboxRecord>,
         report: &mut BatchReport,
     ) -> Result<(), PipelineError> {
+        let mut key = Vec::new();
+        let mut outs = Vec::new();
         loop {
-            let Some((due, acct)) = self.timers[p as usize].first().cloned() else {
+            let Some((due, acct)) = self.timers[p as usize].first() else {
                 break;
             };
+            let due = *due;
             if due > up_to {
                 break;
             }
-            self.timers[p as usize].pop_first();
-            let key = state_key(p, &acct);
-            if !entries.contains_key(&key) {
-                let Some(v) = self.store.get(Cf::State, &key)? else {
-                    continue;
+            state_key_into(p, acct, &mut key);
+            let (_, acct) = self.timers[p as usize].pop_first().expect("present");
+            if !entries.contains_key(key.as_slice()) {
+                let s = match self.cache.take(&key) {
+                    Some((k, s)) => {
+                        entries.insert(k, entry_of(s, p, &self.cfg, true));
+                        None
+                    }
+                    None => match self.store.get(Cf::State, &key)? {
+                        None => continue,
+                        Some(v) => Some(state::decode(&v).map_err(|source| {
+                            PipelineError::State {
+                                account: acct.clone(),
+                                source,
+                            }
+                        })?),
+                    },
                 };
-                let s = state::decode(&v).map_err(|source| PipelineError::State {
-                    account: acct.clone(),
-                    source,
-                })?;
-                entries.insert(key.clone(), entry_of(s, p, &self.cfg, true));
+                if let Some(s) = s {
+                    entries.insert(key.as_slice().into(), entry_of(s, p, &self.cfg, true));
+                }
             }
-            let e = entries.get_mut(&key).expect("just inserted");
+            let e = entries.get_mut(key.as_slice()).expect("just inserted");
             if e.state.timer_due_ms != due {
                 continue;
             }
             e.state.timer_due_ms = 0;
-            let mut outs = Vec::new();
             let next = evaluate(&mut e.state, due, &self.cfg, &mut outs);
             e.dirty = true;
             reschedule(&mut self.timers[p as usize], e, next);
-            for o in outs {
+            for o in outs.drain(..) {
                 self.emit(p, o, outbox, report);
             }
             report.timers_fired += 1;

@@ -109,6 +109,12 @@ pub fn create(cfg: &Config) -> Result<Vec<(String, i32, String)>, TopicError> {
                     let p = wanted.iter().find(|(w, _)| *w == t).map_or(0, |(_, p)| *p);
                     results.push((t, p, "created".to_owned()));
                 }
+                // Another instance created it at the same moment: it exists, which is all
+                // we wanted (its partition count is checked like any other's).
+                Err((t, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    let p = wanted.iter().find(|(w, _)| *w == t).map_or(0, |(_, p)| *p);
+                    results.push((t, p, "exists".to_owned()));
+                }
                 Err((t, e)) => results.push((t, 0, format!("failed: {e}"))),
             }
         }

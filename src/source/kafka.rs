@@ -206,6 +206,14 @@ pub struct KafkaSource {
     last_group_commit: Instant,
     /// Latest position handed out per key index, for the group commit.
     handed: HashMap<u32, i64>,
+    /// Next offset to fetch per key index (what is buffered counts as fetched).
+    fetched: HashMap<u32, i64>,
+    /// Fetched records not yet handed out, per key index.
+    pending: Vec<std::collections::VecDeque<Pending>>,
+    buffered: usize,
+    /// When each partition's merge began waiting for an empty topic.
+    blocked_since: HashMap<u16, Instant>,
+    merge_wait: Duration,
 }
 
 impl KafkaSource {
@@ -245,6 +253,7 @@ impl KafkaSource {
                 keys.push(position_key(t, p));
             }
         }
+        let n_keys = keys.len();
         Ok(KafkaSource {
             consumer,
             keys,
@@ -254,6 +263,11 @@ impl KafkaSource {
             paused: false,
             last_group_commit: Instant::now(),
             handed: HashMap::new(),
+            fetched: HashMap::new(),
+            pending: (0..n_keys).map(|_| std::collections::VecDeque::new()).collect(),
+            buffered: 0,
+            blocked_since: HashMap::new(),
+            merge_wait: Duration::from_millis(cfg.kafka.merge_wait_ms),
         })
     }
 
@@ -423,23 +437,20 @@ impl Source for KafkaSource {
     ) -> Result<Poll, SourceError> {
         let deadline = Instant::now() + wait;
         self.ownership.lock().unwrap().revoked_since_poll = false;
+        // 1. Fetch into the per-topic-partition queues.
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let timeout = if batch.records.is_empty() {
-                left
-            } else {
-                Duration::ZERO
-            };
+            let timeout = if self.buffered == 0 { left } else { Duration::ZERO };
             match self.consumer.poll(timeout) {
                 None => {
-                    if !batch.records.is_empty() || Instant::now() >= deadline {
+                    if self.buffered > 0 || Instant::now() >= deadline {
                         break;
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) => {
                     crate::telemetry::kafka_stats::client_error("consume", &e, "poll");
-                    if batch.records.is_empty() && Instant::now() >= deadline {
+                    if self.buffered == 0 && Instant::now() >= deadline {
                         break;
                     }
                 }
@@ -447,43 +458,122 @@ impl Source for KafkaSource {
                     let Some(&idx) = self.index.get(&(m.topic().to_owned(), m.partition())) else {
                         continue;
                     };
-                    let start = batch.buf.len();
-                    let payload = m.payload().unwrap_or(&[]);
-                    batch.buf.extend_from_slice(payload);
-                    batch.records.push(RecordMeta {
-                        source: idx,
-                        offset: m.offset() as u64,
-                        next: m.offset() as u64 + 1,
-                        start,
-                        end: batch.buf.len(),
-                        partition: Some(m.partition() as u16),
-                        oversized: None,
+                    self.fetched.insert(idx, m.offset() + 1);
+                    self.pending[idx as usize].push_back(Pending {
+                        offset: m.offset(),
+                        timestamp: m.timestamp().to_millis().unwrap_or(i64::MIN),
+                        payload: m.payload().unwrap_or(&[]).to_vec(),
                     });
-                    self.handed.insert(idx, m.offset() + 1);
+                    self.buffered += 1;
                 }
             }
-            if batch.records.len() >= max {
+            if self.buffered >= max {
                 break;
             }
         }
         // Records of partitions revoked during this poll belong to their new owner now.
         let own = self.ownership.lock().unwrap();
-        if own.revoked_since_poll {
-            let owned = own.owned.clone();
-            drop(own);
-            batch
-                .records
-                .retain(|r| r.partition.is_some_and(|p| owned.contains(&p)));
-            self.handed
-                .retain(|idx, _| owned.contains(&(split_key(&self.keys[*idx as usize]).1 as u16)));
-        } else {
-            drop(own);
+        let owned = own.owned.clone();
+        let revoked = own.revoked_since_poll;
+        drop(own);
+        if revoked {
+            for (idx, q) in self.pending.iter_mut().enumerate() {
+                if !owned.contains(&(split_key(&self.keys[idx]).1 as u16)) {
+                    self.buffered -= q.len();
+                    q.clear();
+                }
+            }
+            let keys = &self.keys;
+            self.handed.retain(|idx, _| owned.contains(&(split_key(&keys[*idx as usize]).1 as u16)));
+            self.fetched.retain(|idx, _| owned.contains(&(split_key(&keys[*idx as usize]).1 as u16)));
         }
-        Ok(if batch.records.is_empty() {
-            Poll::Idle
-        } else {
-            Poll::Records
-        })
+        // 2. Hand out each partition's records in event-time order across its four topics.
+        for p in owned {
+            self.merge_partition(p, max, batch);
+            if batch.records.len() >= max {
+                break;
+            }
+        }
+        Ok(if batch.records.is_empty() { Poll::Idle } else { Poll::Records })
+    }
+}
+
+/// A fetched record waiting for its turn in the time-ordered merge.
+struct Pending {
+    offset: i64,
+    timestamp: i64,
+    payload: Vec<u8>,
+}
+
+impl KafkaSource {
+    /// Moves partition `p`'s buffered records into `batch`, oldest record timestamp first across
+    /// the four input topics — what Kafka Streams does for a task's partitions. A topic whose
+    /// queue is empty holds the others back until it is read to its end, or for at most
+    /// `kafka.merge_wait_ms` (then its later records are processed as they come).
+    fn merge_partition(&mut self, p: u16, max: usize, batch: &mut InputBatch) {
+        let idxs: Vec<u32> = self
+            .topics
+            .iter()
+            .filter_map(|t| self.index.get(&(t.clone(), p as i32)).copied())
+            .collect();
+        loop {
+            if batch.records.len() >= max {
+                return;
+            }
+            let mut best: Option<u32> = None;
+            let mut blocked = false;
+            for &idx in &idxs {
+                match self.pending[idx as usize].front() {
+                    Some(r) => {
+                        if best.is_none_or(|b| r.timestamp < self.pending[b as usize][0].timestamp) {
+                            best = Some(idx);
+                        }
+                    }
+                    None => blocked |= !self.drained(idx),
+                }
+            }
+            let Some(idx) = best else {
+                self.blocked_since.remove(&p);
+                return;
+            };
+            if blocked {
+                let since = *self.blocked_since.entry(p).or_insert_with(Instant::now);
+                if since.elapsed() < self.merge_wait {
+                    return;
+                }
+            } else {
+                self.blocked_since.remove(&p);
+            }
+            let r = self.pending[idx as usize].pop_front().expect("non-empty");
+            self.buffered -= 1;
+            let start = batch.buf.len();
+            batch.buf.extend_from_slice(&r.payload);
+            batch.records.push(RecordMeta {
+                source: idx,
+                offset: r.offset as u64,
+                next: r.offset as u64 + 1,
+                start,
+                end: batch.buf.len(),
+                partition: Some(p),
+                oversized: None,
+            });
+            self.handed.insert(idx, r.offset + 1);
+        }
+    }
+
+    /// Whether a topic partition has nothing more to give right now: everything up to its high
+    /// watermark has been fetched.
+    fn drained(&self, idx: u32) -> bool {
+        let (topic, p) = split_key(&self.keys[idx as usize]);
+        let Some((low, high)) = cached_watermarks(&self.consumer, topic, p) else { return false };
+        let own = self.ownership.lock().unwrap();
+        let next = self
+            .fetched
+            .get(&idx)
+            .copied()
+            .or_else(|| own.start.get(&(topic.to_owned(), p)).copied().flatten())
+            .unwrap_or(low);
+        next >= high
     }
 }
 

@@ -67,14 +67,40 @@ pub fn partition_range(partition: u16) -> (Vec<u8>, Vec<u8>) {
 /// A dedup mark: a 128-bit hash of (account, event id). Collisions are practically impossible
 /// (about 1 in 10^20 for a billion live marks); hashing bounds the key size whatever the ids are.
 pub fn dedup_key(partition: u16, account_id: &str, event_id: &str) -> Vec<u8> {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(account_id.as_bytes());
-    h.update(&[0]);
-    h.update(event_id.as_bytes());
-    let mut k = Vec::with_capacity(18);
-    k.extend_from_slice(&partition.to_be_bytes());
-    k.extend_from_slice(&h.digest128().to_be_bytes());
+    dedup_key_array(partition, account_id, event_id).to_vec()
+}
+
+/// Length of a dedup key: partition and a 128-bit hash.
+pub const DEDUP_KEY_LEN: usize = 18;
+
+/// [`dedup_key`] without an allocation: the batch loop makes one per event.
+pub fn dedup_key_array(partition: u16, account_id: &str, event_id: &str) -> [u8; DEDUP_KEY_LEN] {
+    let (a, e) = (account_id.as_bytes(), event_id.as_bytes());
+    // The one-shot hash of the concatenation equals the streaming one; it is several times
+    // cheaper for ids of ordinary length, which fit the stack buffer.
+    let mut buf = [0u8; 192];
+    let digest = if a.len() + 1 + e.len() <= buf.len() {
+        buf[..a.len()].copy_from_slice(a);
+        buf[a.len() + 1..a.len() + 1 + e.len()].copy_from_slice(e);
+        xxhash_rust::xxh3::xxh3_128(&buf[..a.len() + 1 + e.len()])
+    } else {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(a);
+        h.update(&[0]);
+        h.update(e);
+        h.digest128()
+    };
+    let mut k = [0u8; DEDUP_KEY_LEN];
+    k[..2].copy_from_slice(&partition.to_be_bytes());
+    k[2..].copy_from_slice(&digest.to_be_bytes());
     k
+}
+
+/// Writes the state key of an account into `out` (cleared first), reusing its allocation.
+pub fn state_key_into(partition: u16, account_id: &str, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&partition.to_be_bytes());
+    out.extend_from_slice(account_id.as_bytes());
 }
 
 /// Timer keys order by partition, then due time, then account: a partition's due timers are a
@@ -138,6 +164,19 @@ mod tests {
         ];
         for (k, want) in cases {
             assert_eq!(murmur2(k), want, "{}", String::from_utf8_lossy(k));
+        }
+    }
+
+    #[test]
+    fn dedup_keys_hash_the_same_whatever_the_id_length() {
+        for (a, e) in [("acme", "e-1"), ("a", ""), (&"x".repeat(150)[..], &"y".repeat(150)[..])] {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            h.update(a.as_bytes());
+            h.update(&[0]);
+            h.update(e.as_bytes());
+            let mut want = 7u16.to_be_bytes().to_vec();
+            want.extend_from_slice(&h.digest128().to_be_bytes());
+            assert_eq!(dedup_key(7, a, e), want);
         }
     }
 

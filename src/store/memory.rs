@@ -31,12 +31,12 @@ impl Store for MemoryStore {
     fn multi_get(
         &self,
         cf: Cf,
-        keys: &[Vec<u8>],
+        keys: &[&[u8]],
         found: &mut dyn FnMut(usize, Option<&[u8]>),
     ) -> Result<(), StoreError> {
         let g = self.cfs.lock().unwrap();
         for (i, k) in keys.iter().enumerate() {
-            found(i, g[cf.index()].get(k).map(Vec::as_slice));
+            found(i, g[cf.index()].get(*k).map(Vec::as_slice));
         }
         Ok(())
     }

@@ -4,10 +4,12 @@
 //! Everything a batch changes is written by one [`Store::commit`] of one [`WriteSet`]: with
 //! RocksDB that is one atomic `WriteBatch`, so a crash leaves all of a batch or none of it.
 
+pub mod cache;
 pub mod keys;
 pub mod memory;
 pub mod rocks;
 
+pub use cache::StateCache;
 pub use memory::MemoryStore;
 pub use rocks::RocksStore;
 
@@ -134,6 +136,11 @@ impl WriteSet {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
+    /// Empties the set, keeping its buffers.
+    pub fn clear(&mut self) {
+        self.ops.clear();
+        self.arena.clear();
+    }
     /// Bytes of keys and values.
     pub fn bytes(&self) -> usize {
         self.arena.len()
@@ -156,7 +163,7 @@ pub trait Store: Send + Sync {
     fn multi_get(
         &self,
         cf: Cf,
-        keys: &[Vec<u8>],
+        keys: &[&[u8]],
         found: &mut dyn FnMut(usize, Option<&[u8]>),
     ) -> Result<(), StoreError>;
     /// Visits keys from `from` in order until `visit` returns false.

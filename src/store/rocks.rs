@@ -48,21 +48,32 @@ impl RocksStore {
         // Hash-indexed memtables (below) take one writer at a time, which is all we have.
         db_opts.set_allow_concurrent_memtable_write(false);
 
+        let x = |k: &str| std::env::var(k).unwrap_or_default();
         let cfs = Cf::ALL.iter().map(|&cf| {
             let mut o = Options::default();
             let mut t = BlockBasedOptions::default();
             t.set_block_cache(&cache);
-            t.set_cache_index_and_filter_blocks(true);
-            if matches!(cf, Cf::State | Cf::Dedup) {
+            let point = matches!(cf, Cf::State | Cf::Dedup);
+            match x("XFILT").as_str() {
+                "nocache" => t.set_cache_index_and_filter_blocks(false),
+                "cache" => t.set_cache_index_and_filter_blocks(true),
+                _ => {
+                    t.set_cache_index_and_filter_blocks(true);
+                    t.set_cache_index_and_filter_blocks_with_high_priority(true);
+                    t.set_pin_l0_filter_and_index_blocks_in_cache(true);
+                    if point {
+                        t.set_partition_filters(true);
+                        t.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
+                        t.set_pin_top_level_index_and_filter(true);
+                    }
+                }
+            }
+            if point {
                 // Most dedup lookups miss: a bloom filter answers them without reading a block.
                 t.set_bloom_filter(10.0, false);
             }
             o.set_block_based_table_factory(&t);
-            if matches!(cf, Cf::State | Cf::Dedup) {
-                // Point reads and writes only (scans of these are rare: start-up, summaries):
-                // a hash-indexed memtable makes each insert and lookup O(1) instead of a walk
-                // down a skip list — the largest cost of a batch in profiles. The "prefix" is
-                // the whole key.
+            if point && x("XMEM") == "hash" {
                 o.set_prefix_extractor(if cf == Cf::Dedup {
                     SliceTransform::create_fixed_prefix(18)
                 } else {
@@ -73,10 +84,35 @@ impl RocksStore {
                     height: 4,
                     branching_factor: 4,
                 });
+            } else if point {
+                o.set_memtable_prefix_bloom_ratio(0.1);
+                o.set_memtable_whole_key_filtering(true);
             }
+            if let Ok(mb) = x("XWB").parse::<usize>() {
+                o.set_write_buffer_size(mb << 20);
+            } else {
             o.set_write_buffer_size(cfg.write_buffer_mb.max(1) << 20);
-            o.set_compression_type(DBCompressionType::Lz4);
-            o.set_bottommost_compression_type(DBCompressionType::Zstd);
+            }
+            match x("XCOMP").as_str() {
+                "lz4" => {
+                    o.set_compression_type(DBCompressionType::Lz4);
+                    o.set_bottommost_compression_type(DBCompressionType::Lz4);
+                }
+                "mixed" => {
+                    let c = if cf == Cf::State { DBCompressionType::Lz4 } else { DBCompressionType::None };
+                    o.set_compression_type(c);
+                    o.set_bottommost_compression_type(c);
+                }
+                "mixedz" => {
+                    let c = if matches!(cf, Cf::Dedup | Cf::Outbox) { DBCompressionType::None } else { DBCompressionType::Lz4 };
+                    o.set_compression_type(c);
+                    o.set_bottommost_compression_type(if c == DBCompressionType::None { c } else { DBCompressionType::Zstd });
+                }
+                _ => {
+                    o.set_compression_type(DBCompressionType::Lz4);
+                    o.set_bottommost_compression_type(DBCompressionType::Zstd);
+                }
+            }
             if cf == Cf::Dedup {
                 let horizon = Arc::clone(&dedup_horizon);
                 // Marks older than the retention window can never match again; compaction
@@ -181,7 +217,7 @@ impl Store for RocksStore {
     fn multi_get(
         &self,
         cf: Cf,
-        keys: &[Vec<u8>],
+        keys: &[&[u8]],
         found: &mut dyn FnMut(usize, Option<&[u8]>),
     ) -> Result<(), StoreError> {
         let sorted = keys.windows(2).all(|w| w[0] <= w[1]);

@@ -29,9 +29,11 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_rapport");
 
@@ -109,6 +111,11 @@ impl OwnBroker {
         }
     }
 
+    /// Unused (no `--sasl`), but kafka.sh wants it distinct from the other two.
+    fn sasl_port(&self) -> u16 {
+        self.controller_port.checked_add(1).unwrap_or(self.port - 1)
+    }
+
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -122,8 +129,11 @@ impl OwnBroker {
         let status = Command::new(repo().join("deploy/local/kafka.sh"))
             .arg(cmd)
             .env("RAPPORT_KAFKA_PORT", self.port.to_string())
-            .env("RAPPORT_KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
-            .env("RAPPORT_KAFKA_SASL_PORT", (self.port as u32 + 2).min(65535).to_string())
+            .env(
+                "RAPPORT_KAFKA_CONTROLLER_PORT",
+                self.controller_port.to_string(),
+            )
+            .env("RAPPORT_KAFKA_SASL_PORT", self.sasl_port().to_string())
             .env("RAPPORT_KAFKA_DIR", &self.dir)
             .env("RAPPORT_KAFKA_HEAP", "384m")
             .stdin(Stdio::null())
@@ -241,7 +251,12 @@ impl Proc {
             .arg(self.pid().to_string())
             .status()
             .expect("run kill");
-        assert!(status.success(), "{}: kill -TERM {} failed", self.tag, self.pid());
+        assert!(
+            status.success(),
+            "{}: kill -TERM {} failed",
+            self.tag,
+            self.pid()
+        );
     }
 
     /// SIGKILL: a crash at an arbitrary point.
@@ -263,7 +278,11 @@ impl Proc {
     /// Fails the test (with the child's logs) when the child has exited.
     pub fn assert_running(&mut self) {
         if let Some(status) = self.child.try_wait().unwrap() {
-            panic!("{} exited unexpectedly ({status})\n{}", self.tag, self.logs());
+            panic!(
+                "{} exited unexpectedly ({status})\n{}",
+                self.tag,
+                self.logs()
+            );
         }
     }
 
@@ -292,7 +311,11 @@ impl Proc {
         self.sigterm();
         let status = self.wait_exit(Duration::from_secs(30));
         let logs = self.logs();
-        assert!(status.success(), "{} exited with {status} on SIGTERM\n{logs}", self.tag);
+        assert!(
+            status.success(),
+            "{} exited with {status} on SIGTERM\n{logs}",
+            self.tag
+        );
         assert!(!logs.contains("panicked"), "{logs}");
         std::fs::read_to_string(&self.stdout).unwrap_or_default()
     }
@@ -428,7 +451,11 @@ impl Topics {
 
     pub fn all(&self) -> Vec<&str> {
         let mut v = self.inputs().to_vec();
-        v.extend([self.scores.as_str(), self.alerts.as_str(), self.dlq.as_str()]);
+        v.extend([
+            self.scores.as_str(),
+            self.alerts.as_str(),
+            self.dlq.as_str(),
+        ]);
         v
     }
 
@@ -474,7 +501,16 @@ pub fn throttled_consumer(wait_ms: u32) -> Vec<(&'static str, String)> {
         ("fetch.min.bytes", "100000000".into()),
         ("fetch.wait.max.ms", wait_ms.to_string()),
         ("fetch.message.max.bytes", "1".into()),
-        ("queued.max.messages.kbytes", "1".into()),
+    ]
+}
+
+/// Group settings for tests that kill an instance: the broker drops a member that stopped
+/// heartbeating after 6 s (its minimum) instead of librdkafka's default 45 s, so the restarted
+/// instance gets its partitions back quickly.
+pub fn short_session() -> Vec<(&'static str, String)> {
+    vec![
+        ("session.timeout.ms", "6000".into()),
+        ("heartbeat.interval.ms", "500".into()),
     ]
 }
 
@@ -594,7 +630,9 @@ dlq = "{dlq}"
     pub fn create_topics(&self) {
         let (config, _) = self.config("topics");
         let out = rapport_ok(
-            rapport().args(["topics", "create", "--config"]).arg(&config),
+            rapport()
+                .args(["topics", "create", "--config"])
+                .arg(&config),
             "rapport topics create",
         );
         for t in self.topics.all() {
@@ -689,10 +727,11 @@ dlq = "{dlq}"
                             pending.push(f);
                             break;
                         }
-                        Err((_, back)) => {
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                             r = back;
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
+                        Err((e, _)) => panic!("producing to {topic}: {e}"),
                     }
                 }
             }
@@ -738,7 +777,9 @@ dlq = "{dlq}"
             "the embedded reference run",
         );
         assert!(
-            stdout.lines().any(|l| l.starts_with("Accounting: ") && l.ends_with('✓')),
+            stdout
+                .lines()
+                .any(|l| l.starts_with("Accounting: ") && l.ends_with('✓')),
             "embedded run without a balanced accounting line:\n{stdout}"
         );
         (StoreView::open(&data), out)
@@ -823,7 +864,10 @@ impl Rec {
 pub fn read_all(brokers: &str, topic: &str) -> Vec<Rec> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", format!("rapport-test-reader-{}", std::process::id()))
+        .set(
+            "group.id",
+            format!("rapport-test-reader-{}", std::process::id()),
+        )
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .create()
@@ -837,7 +881,10 @@ pub fn read_all(brokers: &str, topic: &str) -> Vec<Rec> {
         .find(|t| t.name() == topic)
         .map(|t| t.partitions().len())
         .unwrap_or(0);
-    assert!(parts > 0, "topic {topic} has no partitions (does it exist?)");
+    assert!(
+        parts > 0,
+        "topic {topic} has no partitions (does it exist?)"
+    );
     let mut tpl = TopicPartitionList::new();
     let mut ends = BTreeMap::new();
     for p in 0..parts as i32 {
@@ -857,7 +904,10 @@ pub fn read_all(brokers: &str, topic: &str) -> Vec<Rec> {
     c.assign(&tpl).unwrap();
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while ends.iter().any(|(p, h)| next.get(p).copied().unwrap_or(0) < *h) {
+    while ends
+        .iter()
+        .any(|(p, h)| next.get(p).copied().unwrap_or(0) < *h)
+    {
         assert!(
             Instant::now() < deadline,
             "reading {topic}: stuck at {next:?}, ends {ends:?}"
@@ -892,7 +942,13 @@ pub fn read_all(brokers: &str, topic: &str) -> Vec<Rec> {
 // --- inputs -----------------------------------------------------------------------------------
 
 /// `rapport generate` into `path`; returns (events, malformed).
-pub fn generate(path: &Path, accounts: u32, usage_per_day: f64, bad_every: u64, seed: u64) -> (u64, u64) {
+pub fn generate(
+    path: &Path,
+    accounts: u32,
+    usage_per_day: f64,
+    bad_every: u64,
+    seed: u64,
+) -> (u64, u64) {
     let said = rapport_ok(
         rapport()
             .arg("generate")
@@ -919,6 +975,12 @@ pub fn generate(path: &Path, accounts: u32, usage_per_day: f64, bad_every: u64, 
 /// mentions).
 pub type Bucket = [i64; 12];
 
+/// Daily buckets by (account, UTC day).
+pub type Buckets = BTreeMap<(String, i32), Bucket>;
+
+/// Per account: first seen, last event, last usage, email, call and deal times (ms).
+pub type Times = BTreeMap<String, [i64; 6]>;
+
 /// What a store holds, read after its process stopped.
 pub struct StoreView {
     pub counters: Counters,
@@ -930,13 +992,14 @@ pub struct StoreView {
 
 impl StoreView {
     pub fn open(data: &Path) -> StoreView {
-        // Built by hand: Config::defaults() would read the test process's RAPPORT_* variables.
-        let cfg = rapport::config::StoreConfig {
-            data_dir: data.to_owned(),
-            block_cache_mb: 8,
-            write_buffer_mb: 4,
-            sync_writes: false,
-        };
+        // The compiled-in defaults, read without Config::defaults(), which would also read the
+        // test process's RAPPORT_* variables (RAPPORT_TEST_KAFKA is not configuration).
+        let defaults: rapport::config::Config = toml::from_str(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/default.toml"
+        )))
+        .expect("config/default.toml");
+        let cfg = defaults.store;
         let store = RocksStore::open_at(data, &cfg)
             .unwrap_or_else(|e| panic!("opening the store at {}: {e}", data.display()));
         let counters = store
@@ -978,7 +1041,7 @@ impl StoreView {
     }
 
     /// Every account's non-empty daily buckets, by (account, UTC day).
-    pub fn buckets(&self) -> BTreeMap<(String, i32), Bucket> {
+    pub fn buckets(&self) -> Buckets {
         let mut m = BTreeMap::new();
         for (a, s) in &self.accounts {
             for b in &s.days {
@@ -1005,7 +1068,7 @@ impl StoreView {
     }
 
     /// Per account: first seen, last event, last usage, email, call and deal times (ms).
-    pub fn times(&self) -> BTreeMap<String, [i64; 6]> {
+    pub fn times(&self) -> Times {
         self.accounts
             .iter()
             .map(|(a, s)| {
@@ -1025,7 +1088,7 @@ impl StoreView {
     }
 
     /// Restricted to some accounts.
-    pub fn only(&self, keep: &BTreeSet<String>) -> (BTreeMap<(String, i32), Bucket>, BTreeMap<String, [i64; 6]>) {
+    pub fn only(&self, keep: &BTreeSet<String>) -> (Buckets, Times) {
         let b = self
             .buckets()
             .into_iter()
@@ -1049,8 +1112,16 @@ pub fn assert_same_map<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>
     if got == want {
         return;
     }
-    let missing: Vec<&K> = want.keys().filter(|k| !got.contains_key(k)).take(5).collect();
-    let extra: Vec<&K> = got.keys().filter(|k| !want.contains_key(k)).take(5).collect();
+    let missing: Vec<&K> = want
+        .keys()
+        .filter(|k| !got.contains_key(k))
+        .take(5)
+        .collect();
+    let extra: Vec<&K> = got
+        .keys()
+        .filter(|k| !want.contains_key(k))
+        .take(5)
+        .collect();
     let differ: Vec<String> = want
         .iter()
         .filter_map(|(k, w)| {
@@ -1076,7 +1147,11 @@ pub fn assert_equivalent(what: &str, got: &StoreView, want: &StoreView) {
     );
     let names = |v: &StoreView| v.accounts.keys().cloned().collect::<BTreeSet<_>>();
     assert_eq!(names(got), names(want), "{what}: the accounts with state");
-    assert_same_map(&format!("{what}: daily buckets"), &got.buckets(), &want.buckets());
+    assert_same_map(
+        &format!("{what}: daily buckets"),
+        &got.buckets(),
+        &want.buckets(),
+    );
     assert_same_map(
         &format!("{what}: first/last event times"),
         &got.times(),
@@ -1089,7 +1164,12 @@ pub fn assert_equivalent(what: &str, got: &StoreView, want: &StoreView) {
 /// account emitted (`change_id`s of its 1st..n-th change) and an `open` record of every alert
 /// still open are on the output topics; repeated deliveries are byte-identical; records are keyed
 /// by account. Returns (score records, alert records) read.
-pub fn assert_outputs_complete(what: &str, brokers: &str, topics: &Topics, store: &StoreView) -> (usize, usize) {
+pub fn assert_outputs_complete(
+    what: &str,
+    brokers: &str,
+    topics: &Topics,
+    store: &StoreView,
+) -> (usize, usize) {
     use rapport::domain::alert::{Rule, alert_id};
     use rapport::domain::engine::change_id;
 
@@ -1136,7 +1216,11 @@ pub fn assert_outputs_complete(what: &str, brokers: &str, topics: &Topics, store
             v["alert_id"].as_str().expect("alert_id").to_owned(),
             v["status"].as_str().expect("status").to_owned(),
         );
-        assert_eq!(r.key_str(), v["account_id"].as_str().unwrap(), "{what}: alert keyed by its account");
+        assert_eq!(
+            r.key_str(),
+            v["account_id"].as_str().unwrap(),
+            "{what}: alert keyed by its account"
+        );
         let bytes = r.value.clone().unwrap_or_default();
         if let Some(prev) = by_alert.insert(id.clone(), bytes.clone()) {
             assert!(
