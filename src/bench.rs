@@ -24,6 +24,8 @@ pub struct KafkaBench {
     pub events: u64,
     pub format: WireFormat,
     pub latency_seconds: u64,
+    /// Input rate of the latency phase; default half of rapport's measured maximum.
+    pub latency_rate: Option<f64>,
 }
 
 fn rate(n: u64, secs: f64) -> f64 {
@@ -59,15 +61,26 @@ fn raw_consume(cfg: &Config, total: u64) -> Result<f64> {
 
 pub fn kafka(base: &Config, b: &KafkaBench, out: &mut dyn std::io::Write) -> Result<()> {
     let stamp = app::wall_now_ms();
-    let dir = tempfile::Builder::new().prefix("rapport-bench-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("rapport-bench-")
+        .tempdir()?;
     let mut cfg = base.clone();
     cfg.mode = crate::config::Mode::Kafka;
     let suffix = format!("bench-{stamp}");
     let k = &mut cfg.kafka;
-    for t in [&mut k.input_topics.product_usage, &mut k.input_topics.email, &mut k.input_topics.call, &mut k.input_topics.deal] {
+    for t in [
+        &mut k.input_topics.product_usage,
+        &mut k.input_topics.email,
+        &mut k.input_topics.call,
+        &mut k.input_topics.deal,
+    ] {
         *t = format!("{t}.{suffix}");
     }
-    for t in [&mut k.output_topics.health_scores, &mut k.output_topics.churn_alerts, &mut k.output_topics.dlq] {
+    for t in [
+        &mut k.output_topics.health_scores,
+        &mut k.output_topics.churn_alerts,
+        &mut k.output_topics.dlq,
+    ] {
         *t = format!("{t}.{suffix}");
     }
     k.group_id = format!("rapport-{suffix}");
@@ -77,31 +90,55 @@ pub fn kafka(base: &Config, b: &KafkaBench, out: &mut dyn std::io::Write) -> Res
     crate::topics::create(&cfg)?;
 
     // The data: a generated portfolio, as many days as it takes to reach the event count.
-    let per_account_day = 2.0;
+    // About 1.7 events per account-day at usage_per_day = 1; generate a little more, then cut.
+    let per_account_day = 1.5;
     let days = ((b.events as f64 / b.accounts as f64 / per_account_day).ceil() as u32).max(1);
     let file = dir.path().join("events.ndjson");
-    let p = Portfolio::new(GenSpec { accounts: b.accounts, days, usage_per_day: 1.0, ..GenSpec::default() });
+    // The timeline ends today, so that the live phase continues it (no burst of "gone dark").
+    let start_day = crate::domain::event::day_of(stamp) - days as i32;
+    let p = Portfolio::new(GenSpec {
+        accounts: b.accounts,
+        days,
+        start_day,
+        usage_per_day: 1.0,
+        ..GenSpec::default()
+    });
     app::write_portfolio(&p, &file, 0)?;
     let truncated = dir.path().join("events-cut.ndjson");
     let total = head_lines(&file, &truncated, b.events)?;
     let t0 = Instant::now();
     app::produce(&cfg, &truncated, b.format)?;
-    writeln!(out, "Produced {total} events ({} accounts) in {:.1} s.", b.accounts, t0.elapsed().as_secs_f64())?;
+    writeln!(
+        out,
+        "Produced {total} events ({} accounts) in {:.1} s.",
+        b.accounts,
+        t0.elapsed().as_secs_f64()
+    )?;
 
     let raw_secs = raw_consume(&cfg, total)?;
     let raw = rate(total, raw_secs);
 
     // rapport to completion, in this process.
     let cfg = Arc::new(cfg);
-    let opts = RunOptions { progress: false, shutdown: Shutdown::after_records(total), health: None };
+    let opts = RunOptions {
+        progress: false,
+        shutdown: Shutdown::after_records(total),
+        health: None,
+    };
     let summary = app::run_kafka(Arc::clone(&cfg), &opts)?;
     let ours = rate(summary.records, summary.seconds);
 
     // Latency at half of rapport's maximum rate.
-    let lat = latency(&cfg, (ours / 2.0).max(100.0), b.latency_seconds)?;
+    let lat = latency(&cfg, &truncated, b.latency_rate.unwrap_or((ours / 2.0).max(100.0)), b.latency_seconds)?;
 
     let mut t = Table::new();
-    t.load_style(UTF8_FULL_CONDENSED).set_header(vec!["contender", "events", "seconds", "events/s", "ratio to raw"]);
+    t.load_style(UTF8_FULL_CONDENSED).set_header(vec![
+        "contender",
+        "events",
+        "seconds",
+        "events/s",
+        "ratio to raw",
+    ]);
     for (name, n, secs) in [
         ("raw librdkafka consume", total, raw_secs),
         ("rapport, Kafka mode", summary.records, summary.seconds),
@@ -149,24 +186,42 @@ struct Latency {
     max_ms: f64,
 }
 
-/// Sends usage events of new accounts, stamped with the wall clock, at `rate` per second while
-/// rapport runs live; each yields the account's first health score, whose `as_of` is that event's
-/// time. Latency = when the score is read from the output topic − `as_of`.
-fn latency(cfg: &Arc<Config>, rate: f64, seconds: u64) -> Result<Latency> {
+/// Replays the benchmark's events, restamped with the wall clock, at `rate` per second while
+/// rapport runs live. One event in a hundred is a probe: the first usage event of a new account,
+/// which yields that account's first health score with `as_of` = the event's time. Latency =
+/// when the score is read from the output topic − `as_of`.
+fn latency(cfg: &Arc<Config>, events: &Path, rate: f64, seconds: u64) -> Result<Latency> {
+    use std::io::BufRead;
+    let lines: Vec<Vec<u8>> = std::io::BufReader::new(std::fs::File::open(events)?)
+        .split(b'\n')
+        .take((rate * seconds as f64) as usize + 1)
+        .collect::<std::io::Result<_>>()?;
+    let limits = crate::codec::DecodeLimits { max_record_bytes: usize::MAX, max_id_bytes: usize::MAX };
     // Live settings: wall-clock timers, small batches come as they are.
     let mut live = (**cfg).clone();
     live.engine.timer_clock = TimerClock::Wall;
     let live = Arc::new(live);
     let shutdown = Shutdown::new();
+    let health = Arc::new(crate::telemetry::http::Health::default());
     let runner = {
-        let (live, shutdown) = (Arc::clone(&live), shutdown.clone());
+        let (live, shutdown, health) = (Arc::clone(&live), shutdown.clone(), Arc::clone(&health));
         std::thread::spawn(move || {
-            app::run_kafka(live, &RunOptions { progress: false, shutdown, health: None })
+            app::run_kafka(live, &RunOptions { progress: false, shutdown, health: Some(health) })
         })
     };
+    // Start measuring once rapport owns its partitions and has caught up with them.
+    let ready_by = Instant::now() + Duration::from_secs(120);
+    while !health.ready.load(std::sync::atomic::Ordering::Relaxed) {
+        if Instant::now() > ready_by {
+            shutdown.trigger();
+            bail!("rapport did not catch up within 2 minutes before the latency run");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // Read the score topic from its current end.
     let mut c = client_config(cfg);
-    c.set("group.id", format!("{}-latency", cfg.kafka.group_id)).set("enable.auto.commit", "false");
+    c.set("group.id", format!("{}-latency", cfg.kafka.group_id))
+        .set("enable.auto.commit", "false");
     let reader: BaseConsumer = c.create()?;
     let topic = &cfg.kafka.output_topics.health_scores;
     let md = reader.fetch_metadata(Some(topic), Duration::from_secs(10))?;
@@ -182,54 +237,100 @@ fn latency(cfg: &Arc<Config>, rate: f64, seconds: u64) -> Result<Latency> {
     }
 
     let mut pc = client_config(cfg);
-    pc.set("partitioner", "murmur2_random").set("linger.ms", "0").set("acks", "all");
+    pc.set("partitioner", "murmur2_random")
+        .set("linger.ms", "0")
+        .set("acks", "all");
     let producer: ThreadedProducer<DefaultProducerContext> = pc.create()?;
     let n = (rate * seconds as f64) as u64;
     let interval = Duration::from_secs_f64(1.0 / rate);
     let start = Instant::now();
-    let mut lat_ms: Vec<f64> = Vec::with_capacity(n as usize);
     let mut sent = 0u64;
-    let read = |lat_ms: &mut Vec<f64>, wait: Duration| {
-        if let Some(Ok(m)) = reader.poll(wait) {
-            let now = app::wall_now_ms();
-            if let Some(v) = m.payload().and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok()) {
-                let is_probe = v["account_id"].as_str().is_some_and(|a| a.starts_with("lat-"));
-                if is_probe && v["previous_score"].is_null() {
-                    if let Some(t) = v["as_of"].as_str().and_then(crate::codec::time::parse_rfc3339_ms) {
-                        lat_ms.push((now - t) as f64);
+    // The reader runs on its own thread, draining the score topic as fast as it fills, so that
+    // what is measured is rapport's delay and not the reader's.
+    let stop_reading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader_thread = {
+        let stop = Arc::clone(&stop_reading);
+        std::thread::spawn(move || {
+            let mut lat_ms: Vec<f64> = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Some(Ok(m)) = reader.poll(Duration::from_millis(50)) else { continue };
+                let now = app::wall_now_ms();
+                let Some(p) = m.payload() else { continue };
+                // Cheap filter before parsing: only probes' first scores count.
+                if memchr::memmem::find(p, b"\"lat-").is_none() {
+                    continue;
+                }
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(p) {
+                    if v["previous_score"].is_null() {
+                        if let Some(t) = v["as_of"].as_str().and_then(crate::codec::time::parse_rfc3339_ms) {
+                            lat_ms.push((now - t) as f64);
+                        }
                     }
                 }
             }
-        }
+            lat_ms
+        })
     };
     while sent < n {
         let due = start + interval * sent as u32;
         if Instant::now() < due {
-            read(&mut lat_ms, Duration::ZERO);
+            std::hint::spin_loop();
             continue;
         }
         let now = app::wall_now_ms();
-        let account = format!("lat-{sent}");
-        let line = format!(
-            r#"{{"event_id":"lat-{sent}","account_id":"{account}","occurred_at":"{}","type":"product_usage","user_id":"u1","feature":"reports.export"}}"#,
-            crate::codec::time::format_rfc3339_ms(now)
-        );
-        let r: BaseRecord<'_, String, String> = BaseRecord::to(&cfg.kafka.input_topics.product_usage).key(&account).payload(&line);
+        let t = &cfg.kafka.input_topics;
+        let (topic, key, payload) = if sent % 100 == 0 {
+            let account = format!("lat-{sent}");
+            let line = format!(
+                r#"{{"event_id":"lat-{sent}","account_id":"{account}","occurred_at":"{}","type":"product_usage","user_id":"u1","feature":"reports.export"}}"#,
+                crate::codec::time::format_rfc3339_ms(now)
+            );
+            (&t.product_usage, account, line.into_bytes())
+        } else {
+            let Ok(mut ev) = crate::codec::json::decode_json(&lines[sent as usize % lines.len()], &limits) else {
+                sent += 1;
+                continue;
+            };
+            ev.occurred_at_ms = now;
+            ev.event_id = format!("live-{sent}");
+            let mut buf = Vec::with_capacity(256);
+            crate::codec::json::encode_event(&ev, &mut buf);
+            let topic = match ev.body {
+                crate::domain::event::EventBody::ProductUsage(_) => &t.product_usage,
+                crate::domain::event::EventBody::Email(_) => &t.email,
+                crate::domain::event::EventBody::Call(_) => &t.call,
+                crate::domain::event::EventBody::Deal(_) => &t.deal,
+            };
+            (topic, ev.account_id, buf)
+        };
+        let r: BaseRecord<'_, String, Vec<u8>> = BaseRecord::to(topic).key(&key).payload(&payload);
         if producer.send(r).is_ok() {
             sent += 1;
         }
     }
     producer.flush(Duration::from_secs(30))?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while lat_ms.len() < n as usize && Instant::now() < deadline {
-        read(&mut lat_ms, Duration::from_millis(100));
+    // Give the last probes time to come back.
+    let drain = Instant::now();
+    while drain.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
     }
+    stop_reading.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut lat_ms = reader_thread.join().map_err(|_| anyhow::anyhow!("the reader thread panicked"))?;
     shutdown.trigger();
-    runner.join().map_err(|_| anyhow::anyhow!("the rapport thread panicked"))?.context("rapport (latency run)")?;
+    runner
+        .join()
+        .map_err(|_| anyhow::anyhow!("the rapport thread panicked"))?
+        .context("rapport (latency run)")?;
     if lat_ms.is_empty() {
         bail!("no health scores came back for the latency probes");
     }
     lat_ms.sort_by(f64::total_cmp);
     let q = |x: f64| lat_ms[((lat_ms.len() - 1) as f64 * x).round() as usize];
-    Ok(Latency { rate, samples: lat_ms.len(), p50_ms: q(0.5), p99_ms: q(0.99), max_ms: *lat_ms.last().unwrap() })
+    Ok(Latency {
+        rate,
+        samples: lat_ms.len(),
+        p50_ms: q(0.5),
+        p99_ms: q(0.99),
+        max_ms: *lat_ms.last().unwrap(),
+    })
 }

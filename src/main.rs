@@ -71,6 +71,9 @@ enum BenchWhat {
         /// Seconds of steady input for the latency measurement.
         #[arg(long, default_value_t = 20)]
         latency_seconds: u64,
+        /// Events/s of the latency measurement (default: half of rapport's measured maximum).
+        #[arg(long)]
+        latency_rate: Option<f64>,
     },
 }
 
@@ -290,10 +293,10 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             print!("{}", telemetry::names::markdown_table());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Bench { what: BenchWhat::Kafka { common, accounts, events, format, latency_seconds } } => {
+        Cmd::Bench { what: BenchWhat::Kafka { common, accounts, events, format, latency_seconds, latency_rate } } => {
             let cfg = load(&common)?;
             telemetry::init_logs(&cfg.telemetry.log_format);
-            let b = rapport::bench::KafkaBench { accounts, events, format, latency_seconds };
+            let b = rapport::bench::KafkaBench { accounts, events, format, latency_seconds, latency_rate };
             rapport::bench::kafka(&cfg, &b, &mut std::io::stdout())?;
             Ok(ExitCode::SUCCESS)
         }

@@ -8,7 +8,7 @@
 //! own retries, `message.timeout.ms`) is sent again with the same payload: outputs are
 //! at-least-once and keep their ids.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,8 +29,18 @@ use crate::telemetry::kafka_stats;
 #[derive(Default)]
 struct Deliveries {
     done: BTreeSet<u64>,
-    failed: BTreeSet<u64>,
+    /// Records whose delivery failed, copied from the delivery report to be sent again.
+    failed: Vec<(u64, Failed)>,
     last_error: Option<String>,
+}
+
+/// A record to send again, as the delivery report returned it (the rare path: the common one keeps
+/// no copy of what it sent).
+pub struct Failed {
+    topic: String,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    headers: Vec<(String, Vec<u8>)>,
 }
 
 pub struct DeliveryContext {
@@ -55,8 +65,25 @@ impl ProducerContext for DeliveryContext {
             Ok(_) => {
                 d.done.insert(*seq);
             }
-            Err((e, _)) => {
-                d.failed.insert(*seq);
+            Err((e, m)) => {
+                use rdkafka::message::{Headers, Message};
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|x| (x.key.to_owned(), x.value.unwrap_or(&[]).to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                d.failed.push((
+                    *seq,
+                    Failed {
+                        topic: m.topic().to_owned(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().unwrap_or(&[]).to_vec(),
+                        headers,
+                    },
+                ));
                 d.last_error = Some(e.to_string());
             }
         }
@@ -68,7 +95,7 @@ pub struct KafkaSink {
     deliveries: Arc<Mutex<Deliveries>>,
     topics: [String; 3],
     /// Sent and not yet delivered, by sequence number (kept to resend on failure).
-    in_flight: BTreeMap<u64, OutboxRecord>,
+    in_flight: BTreeSet<u64>,
     next_seq: u64,
 }
 
@@ -102,7 +129,7 @@ impl KafkaSink {
                 t.churn_alerts.clone(),
                 t.dlq.clone(),
             ],
-            in_flight: BTreeMap::new(),
+            in_flight: BTreeSet::new(),
             next_seq: 0,
         })
     }
@@ -138,9 +165,10 @@ impl KafkaSink {
             });
         }
         loop {
-            let mut r = BaseRecord::with_opaque_to(topic, Box::new(seq))
-                .payload(&rec.payload)
-                .headers(headers.clone());
+            let mut r = BaseRecord::with_opaque_to(topic, Box::new(seq)).payload(&rec.payload);
+            if !rec.headers.is_empty() {
+                r = r.headers(headers.clone());
+            }
             // Dead letters keep their source partition as the key's partition when known.
             if !rec.key.is_empty() {
                 r = r.key(&rec.key);
@@ -179,18 +207,41 @@ impl KafkaSink {
                 error = err.as_deref().unwrap_or(""),
                 "Delivery to Kafka failed; sending again."
             );
-            for seq in failed {
-                if let Some(rec) = self.in_flight.get(&seq).cloned() {
-                    self.produce(seq, &rec)?;
+            for (seq, f) in failed {
+                self.resend(seq, &f)?;
+            }
+        }
+        Ok(self.in_flight.first().copied().unwrap_or(self.next_seq))
+    }
+
+    fn resend(&mut self, seq: u64, f: &Failed) -> Result<(), SinkError> {
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in &f.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        loop {
+            let mut r = BaseRecord::with_opaque_to(&f.topic, Box::new(seq))
+                .payload(&f.payload)
+                .headers(headers.clone());
+            if let Some(k) = &f.key {
+                r = r.key(k);
+            }
+            match self.producer.send(r) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    self.producer.poll(Duration::from_millis(50));
+                }
+                Err((e, _)) => {
+                    return Err(SinkError::Other(format!(
+                        "cannot produce to {}: {e}",
+                        f.topic
+                    )));
                 }
             }
         }
-        Ok(self
-            .in_flight
-            .keys()
-            .next()
-            .copied()
-            .unwrap_or(self.next_seq))
     }
 
     /// Records handed to the producer and not yet acknowledged.
@@ -202,7 +253,7 @@ impl KafkaSink {
 impl Sink for KafkaSink {
     fn send(&mut self, seq: u64, rec: &OutboxRecord) -> Result<(), SinkError> {
         self.produce(seq, rec)?;
-        self.in_flight.insert(seq, rec.clone());
+        self.in_flight.insert(seq);
         self.next_seq = self.next_seq.max(seq + 1);
         Ok(())
     }

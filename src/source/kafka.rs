@@ -264,7 +264,9 @@ impl KafkaSource {
             last_group_commit: Instant::now(),
             handed: HashMap::new(),
             fetched: HashMap::new(),
-            pending: (0..n_keys).map(|_| std::collections::VecDeque::new()).collect(),
+            pending: (0..n_keys)
+                .map(|_| std::collections::VecDeque::new())
+                .collect(),
             buffered: 0,
             blocked_since: HashMap::new(),
             merge_wait: Duration::from_millis(cfg.kafka.merge_wait_ms),
@@ -440,7 +442,11 @@ impl Source for KafkaSource {
         // 1. Fetch into the per-topic-partition queues.
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let timeout = if self.buffered == 0 { left } else { Duration::ZERO };
+            let timeout = if self.buffered == 0 {
+                left
+            } else {
+                Duration::ZERO
+            };
             match self.consumer.poll(timeout) {
                 None => {
                     if self.buffered > 0 || Instant::now() >= deadline {
@@ -484,8 +490,10 @@ impl Source for KafkaSource {
                 }
             }
             let keys = &self.keys;
-            self.handed.retain(|idx, _| owned.contains(&(split_key(&keys[*idx as usize]).1 as u16)));
-            self.fetched.retain(|idx, _| owned.contains(&(split_key(&keys[*idx as usize]).1 as u16)));
+            self.handed
+                .retain(|idx, _| owned.contains(&(split_key(&keys[*idx as usize]).1 as u16)));
+            self.fetched
+                .retain(|idx, _| owned.contains(&(split_key(&keys[*idx as usize]).1 as u16)));
         }
         // 2. Hand out each partition's records in event-time order across its four topics.
         for p in owned {
@@ -494,7 +502,11 @@ impl Source for KafkaSource {
                 break;
             }
         }
-        Ok(if batch.records.is_empty() { Poll::Idle } else { Poll::Records })
+        Ok(if batch.records.is_empty() {
+            Poll::Idle
+        } else {
+            Poll::Records
+        })
     }
 }
 
@@ -525,7 +537,8 @@ impl KafkaSource {
             for &idx in &idxs {
                 match self.pending[idx as usize].front() {
                     Some(r) => {
-                        if best.is_none_or(|b| r.timestamp < self.pending[b as usize][0].timestamp) {
+                        if best.is_none_or(|b| r.timestamp < self.pending[b as usize][0].timestamp)
+                        {
                             best = Some(idx);
                         }
                     }
@@ -565,7 +578,9 @@ impl KafkaSource {
     /// watermark has been fetched.
     fn drained(&self, idx: u32) -> bool {
         let (topic, p) = split_key(&self.keys[idx as usize]);
-        let Some((low, high)) = cached_watermarks(&self.consumer, topic, p) else { return false };
+        let Some((low, high)) = cached_watermarks(&self.consumer, topic, p) else {
+            return false;
+        };
         let own = self.ownership.lock().unwrap();
         let next = self
             .fetched
@@ -584,16 +599,31 @@ mod tests {
     #[test]
     fn secrets_are_redacted_and_the_rest_is_shown() {
         let mut cfg = Config::defaults();
-        cfg.kafka.client.insert("sasl.password".into(), "hunter2".into());
-        cfg.kafka.client.insert("ssl.key.password".into(), "k3y".into());
-        cfg.kafka.client.insert("sasl.username".into(), "rapport".into());
+        cfg.kafka
+            .client
+            .insert("sasl.password".into(), "hunter2".into());
+        cfg.kafka
+            .client
+            .insert("ssl.key.password".into(), "k3y".into());
+        cfg.kafka
+            .client
+            .insert("sasl.username".into(), "rapport".into());
         let shown = format!("{:?}", redacted(&client_config(&cfg)));
-        assert!(!shown.contains("hunter2") && !shown.contains("k3y"), "{shown}");
-        assert!(shown.contains("rapport") && shown.contains("127.0.0.1:9092"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("k3y"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("rapport") && shown.contains("127.0.0.1:9092"),
+            "{shown}"
+        );
     }
 
     #[test]
     fn position_keys_round_trip() {
-        assert_eq!(split_key(&position_key("engagement.email", 7)), ("engagement.email", 7));
+        assert_eq!(
+            split_key(&position_key("engagement.email", 7)),
+            ("engagement.email", 7)
+        );
     }
 }
