@@ -559,16 +559,29 @@ pub fn print_summary(
     by_rule.retain(|(_, o, r)| o + r > 0);
     // Open alerts now, and the riskiest accounts.
     let mut open_now: HashMap<String, u64> = HashMap::new();
+    // Streams over every account, keeping only the riskiest few: a store may hold millions.
+    let riskier = |a: &AccountState, b: &AccountState| {
+        a.current_score
+            .cmp(&b.current_score)
+            .then(b.open_alerts.len().cmp(&a.open_alerts.len()))
+            .then(a.account_id.cmp(&b.account_id))
+    };
     let mut accounts: Vec<(u16, AccountState)> = Vec::new();
     let mut bands = [0u64; 3];
+    let mut total = 0u64;
     for_each_account(store, |p, st| {
+        total += 1;
         for a in &st.open_alerts {
             *open_now.entry(a.rule.clone()).or_default() += 1;
         }
         if st.scored {
             bands[Band::of(st.current_score, &cfg.scorecard.bands) as usize] += 1;
+            accounts.push((p, st));
+            if accounts.len() > 64 {
+                accounts.sort_by(|a, b| riskier(&a.1, &b.1));
+                accounts.truncate(10);
+            }
         }
-        accounts.push((p, st));
     })?;
     let mut t = Table::new();
     t.load_style(UTF8_FULL_CONDENSED).set_header(vec![
@@ -591,19 +604,14 @@ pub fn print_summary(
     writeln!(
         out,
         "Accounts: {} — green {}, yellow {}, red {}",
-        accounts.len(),
+        total,
         bands[Band::Green as usize],
         bands[Band::Yellow as usize],
         bands[Band::Red as usize]
     )?;
 
     // Most at risk: lowest score first, then most open alerts.
-    accounts.sort_by(|a, b| {
-        a.1.current_score
-            .cmp(&b.1.current_score)
-            .then(b.1.open_alerts.len().cmp(&a.1.open_alerts.len()))
-            .then(a.1.account_id.cmp(&b.1.account_id))
-    });
+    accounts.sort_by(|a, b| riskier(&a.1, &b.1));
     let mut t = Table::new();
     let mut header = vec![
         "account",
