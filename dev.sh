@@ -13,7 +13,9 @@ cd "$(dirname "$0")"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/rapport/target}"
 
 need_system_packages() {
-  if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q libclang; then
+  # libclang itself (libclang.so / libclang-N.so), not libclang-cpp, which some images ship alone.
+  if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* >/dev/null 2>&1 \
+    && ! ldconfig -p 2>/dev/null | grep -qE 'libclang(-[0-9.]+)?\.so'; then
     echo "Installing libclang-dev (needed to build RocksDB's bindings)…" >&2
     if [ "$(id -u)" = 0 ]; then
       apt-get update -qq && apt-get install -y -qq libclang-dev >/dev/null
