@@ -242,13 +242,34 @@ pub fn run_embedded(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
     Ok(summary)
 }
 
-/// Runs the job against Kafka: the consumer group over the input topics, RocksDB state, outputs
-/// through the outbox to an idempotent producer. Runs until SIGINT/SIGTERM, then finishes the
-/// batch in flight, waits for the broker to acknowledge every output, leaves the group and exits.
+/// The pipeline and its sink, shared with the revoke hook (which runs inside the consumer's
+/// poll, on this same thread, while the loop holds neither).
+struct Engine {
+    pipeline: Pipeline,
+    sink: crate::sink::kafka::KafkaSink,
+}
+
+/// A partition's way from "given by the group" to "being read".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PartitionPhase {
+    /// Reading the changelog's last record: who wrote it?
+    Checking,
+    /// Reading the changelog into the store.
+    Restoring { total: u64, started_ms: i64 },
+}
+
+/// Runs the job against Kafka: the consumer group decides which account partitions are ours,
+/// each is checked against its changelog (restored from it when our local state is missing or
+/// older) and then read, with RocksDB state and outputs through the outbox to an idempotent
+/// producer. Runs until SIGINT/SIGTERM, then finishes the batch in flight, waits for the broker
+/// to acknowledge every output and changelog record, leaves the group and exits.
 pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
+    use crate::changelog::Changelog;
     use crate::config::TimerClock;
     use crate::sink::kafka::KafkaSink;
+    use crate::source::changelog::{ChangelogReader, Found};
     use crate::source::kafka::KafkaSource;
+    use std::collections::BTreeMap;
 
     crate::topics::check(&cfg)?;
     let store: Arc<dyn Store> = Arc::new(RocksStore::open(&cfg.store)?);
@@ -256,6 +277,12 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
     if cfg.kafka.output_format == "protobuf" {
         pipeline.set_output_format(crate::codec::output::OutputFormat::Protobuf);
     }
+    let mut source = KafkaSource::new(&cfg)?;
+    let store_id = pipeline.store_id()?;
+    pipeline.enable_changelog(Changelog {
+        writer: store_id,
+        sources_of: (0..cfg.engine.partitions).map(|p| source.keys_of(p)).collect(),
+    });
     let mut sink = KafkaSink::new(&cfg)?;
     let mut summary = RunSummary {
         republished: pipeline.drain_outbox(&mut sink)?,
@@ -264,39 +291,203 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
     if summary.republished > 0 {
         info!(
             records = summary.republished,
-            "Outputs left unacknowledged by the last run were published again."
+            "Outputs left unacknowledged by the last run were published again (changelog records wait until their partitions are ours)."
         );
     }
-    let mut source = KafkaSource::new(&cfg, Arc::clone(&store))?;
-    source.resume(pipeline.positions())?;
+    let engine = Arc::new(std::sync::Mutex::new(Engine { pipeline, sink }));
+    let hook_engine = Arc::clone(&engine);
+    source.set_revoke_hook(Box::new(move |parts: &[u16]| {
+        let mut e = hook_engine.lock().unwrap();
+        let Engine { pipeline, sink } = &mut *e;
+        // Hand the partitions over complete: their outputs delivered, their changelog written.
+        if let Err(err) = pipeline.finish(sink) {
+            tracing::warn!(error = %err, "Could not publish everything before giving partitions up; their new owner reads again from the last checkpoint.");
+        }
+        for p in parts {
+            if let Err(err) = pipeline.close_changelog(*p) {
+                tracing::error!(partition = p, error = %err, "Could not mark the partition's changelog as behind.");
+            }
+        }
+    }));
+    let mut reader = ChangelogReader::new(&cfg)?;
+    source.resume(&HashMap::new())?;
     let sources = source.sources().to_vec();
     let ownership = source.ownership();
+    let mut phases: BTreeMap<u16, PartitionPhase> = BTreeMap::new();
+    let mut startup_settled = false;
+    let mut found = Vec::new();
 
     let start = Instant::now();
     let mut batch = InputBatch::default();
     let wait = Duration::from_millis(cfg.pipeline.batch_max_ms);
     let mut last_idle_commit = Instant::now();
     let mut last_mem = Instant::now() - Duration::from_secs(60);
+    let mut last_status = Instant::now() - Duration::from_secs(60);
+    let mut last_restore_log = Instant::now();
     loop {
         if opts.shutdown.is_triggered() {
             summary.stopped_by_signal = true;
             break;
         }
         // Backpressure: stop reading while the broker is not taking our outputs.
-        let depth = pipeline.outbox_depth();
+        let depth = engine.lock().unwrap().pipeline.outbox_depth();
         if depth >= cfg.kafka.outbox_high_water {
             source.set_paused(true);
         } else if depth <= cfg.kafka.outbox_low_water {
             source.set_paused(false);
         }
         batch.clear();
-        source.poll(cfg.pipeline.batch_max_records, wait, &mut batch)?;
+        // While restoring, poll briefly so that restores and active partitions share the loop.
+        let poll_wait = if reader.is_idle() { wait } else { Duration::from_millis(5) };
+        source.poll(cfg.pipeline.batch_max_records, poll_wait, &mut batch)?;
+
+        // What the group did during the poll.
+        let (assigned, revoked, joined, group) = {
+            let mut own = ownership.lock().unwrap();
+            (
+                std::mem::take(&mut own.assigned),
+                std::mem::take(&mut own.revoked),
+                own.joined,
+                own.group.clone(),
+            )
+        };
+        {
+            let mut e = engine.lock().unwrap();
+            for p in &revoked {
+                reader.cancel(*p);
+                if phases.remove(p).is_some() {
+                    info!(partition = p, "Partition revoked before it was ready; its restore is abandoned.");
+                }
+                e.pipeline.close_changelog(*p)?;
+            }
+            if joined && !startup_settled {
+                // Changelog records an earlier run left for partitions that are not ours now
+                // are dropped; those partitions are restored if they come back.
+                for p in 0..cfg.engine.partitions {
+                    if !group.contains(&p) {
+                        e.pipeline.close_changelog(p)?;
+                    }
+                }
+                startup_settled = true;
+            }
+        }
+        for p in assigned {
+            reader.check_tail(p)?;
+            phases.insert(p, PartitionPhase::Checking);
+        }
+        if !reader.is_idle() {
+            let budget = if batch.records.is_empty() {
+                Duration::from_millis(200)
+            } else {
+                Duration::from_millis(20)
+            };
+            reader.step(budget, &mut found);
+        }
+        for f in found.drain(..) {
+            let mut e = engine.lock().unwrap();
+            let pipeline = &mut e.pipeline;
+            match f {
+                Found::Tail(p, writer, empty) => {
+                    if phases.get(&p) != Some(&PartitionPhase::Checking) {
+                        continue;
+                    }
+                    let behind = pipeline.changelog_behind(p)?;
+                    let ours = writer == Some(store_id);
+                    let fresh = empty && !pipeline.has_positions(p);
+                    if !behind && (ours || fresh) {
+                        phases.remove(&p);
+                        pipeline.open_changelog(p);
+                        let positions = pipeline.partition_positions(p);
+                        drop(e);
+                        info!(partition = p, "Local state is up to date with the changelog; starting at once.");
+                        source.activate(p, &positions);
+                    } else {
+                        let why = if behind {
+                            "the local state was left ahead of its changelog"
+                        } else if empty {
+                            "the changelog is empty but the local state is not"
+                        } else if writer.is_some() {
+                            "another instance wrote the changelog since"
+                        } else {
+                            "there is no local state"
+                        };
+                        pipeline.begin_restore(p)?;
+                        let total = reader.restore(p)?;
+                        info!(partition = p, records = total, reason = why, "Restoring the partition from the changelog; its timers and alerts wait until it is done.");
+                        phases.insert(
+                            p,
+                            PartitionPhase::Restoring {
+                                total,
+                                started_ms: wall_now_ms(),
+                            },
+                        );
+                        crate::telemetry::RestoreStarted { partition: p, records: total }.emit();
+                    }
+                }
+                Found::Group(p, records) => {
+                    if !matches!(phases.get(&p), Some(PartitionPhase::Restoring { .. })) {
+                        continue;
+                    }
+                    let states = pipeline.apply_restored(p, &records)?;
+                    crate::telemetry::RestoreApplied {
+                        records: records.len() as u64,
+                        states,
+                    }
+                    .emit();
+                }
+                Found::Done(p, stats) => {
+                    if !matches!(phases.get(&p), Some(PartitionPhase::Restoring { .. })) {
+                        continue;
+                    }
+                    let accounts = pipeline.end_restore(p)?;
+                    let positions = pipeline.partition_positions(p);
+                    drop(e);
+                    phases.remove(&p);
+                    crate::telemetry::RestoreFinished {
+                        partition: p,
+                        accounts,
+                        stats,
+                    }
+                    .emit();
+                    source.activate(p, &positions);
+                }
+            }
+        }
+        let restoring: Vec<(u16, u64, u64)> = reader
+            .progress()
+            .iter()
+            .filter(|r| r.restoring)
+            .map(|r| (r.partition, r.read, r.total))
+            .collect();
+        crate::telemetry::restore_progress(&restoring);
+        if !restoring.is_empty() && last_restore_log.elapsed() >= Duration::from_secs(5) {
+            for (p, read, total) in &restoring {
+                let rate = phases.get(p).and_then(|ph| match ph {
+                    PartitionPhase::Restoring { started_ms, .. } => {
+                        let secs = (wall_now_ms() - started_ms) as f64 / 1000.0;
+                        (secs > 0.0).then(|| *read as f64 / secs)
+                    }
+                    _ => None,
+                });
+                info!(partition = p, read, total, records_per_second = rate.unwrap_or(0.0) as u64, "Restoring from the changelog.");
+            }
+            last_restore_log = Instant::now();
+        }
+
         let caught_up = source.caught_up();
         let owned = ownership.lock().unwrap().owned.len();
         metrics::gauge!(crate::telemetry::names::KAFKA_OWNED_PARTITIONS).set(owned as f64);
         if let Some(h) = &opts.health {
-            h.ready
-                .store(owned > 0 && caught_up.len() == owned, Ordering::Relaxed);
+            let ready = !group.is_empty()
+                && owned == group.len()
+                && phases.is_empty()
+                && caught_up.len() == owned;
+            h.ready.store(ready, Ordering::Relaxed);
+            if last_status.elapsed() >= Duration::from_secs(1) {
+                *h.status.lock().unwrap() =
+                    kafka_status(&cfg, &source, &group, &caught_up, &phases, &reader, depth);
+                last_status = Instant::now();
+            }
         }
         let now = wall_now_ms();
         // Idle: fire wall-clock timers of caught-up partitions about once a second.
@@ -304,8 +495,10 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
             && cfg.engine.timer_clock == TimerClock::Wall
             && !caught_up.is_empty()
             && last_idle_commit.elapsed() >= Duration::from_secs(1);
+        let mut e = engine.lock().unwrap();
+        let Engine { pipeline, sink } = &mut *e;
         if batch.records.is_empty() && !idle_tick {
-            pipeline.settle(&mut sink)?;
+            pipeline.settle(sink)?;
             continue;
         }
         last_idle_commit = Instant::now();
@@ -313,10 +506,9 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
             now_ms: now,
             partitions: &caught_up,
         };
-        let report = pipeline.process(&batch, &sources, Some(wall), &mut sink)?;
+        let report = pipeline.process(&batch, &sources, Some(wall), sink)?;
         summary.add(&report);
         opts.shutdown.note_records(summary.records);
-        source.commit_to_group(false);
         BatchCommitted {
             report: &report,
             counters: pipeline.counters(),
@@ -326,17 +518,25 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
             wall_now_ms: now,
         }
         .emit();
+        metrics::gauge!(crate::telemetry::names::CHANGELOG_PENDING)
+            .set(pipeline.changelog_pending() as f64);
+        drop(e);
+        source.commit_to_group(false);
         if last_mem.elapsed() > Duration::from_secs(5) {
             telemetry::record_store_memory(&store.memory_bytes());
             last_mem = Instant::now();
         }
     }
-    info!("Stopping: waiting for Kafka to acknowledge every output.");
-    pipeline.finish(&mut sink)?;
+    info!("Stopping: waiting for Kafka to acknowledge every output and changelog record.");
+    {
+        let mut e = engine.lock().unwrap();
+        let Engine { pipeline, sink } = &mut *e;
+        pipeline.finish(sink)?;
+        summary.totals = pipeline.counters().clone();
+    }
     source.close();
     store.flush()?;
     summary.seconds = start.elapsed().as_secs_f64();
-    summary.totals = pipeline.counters().clone();
     info!(
         records = summary.records,
         folded = summary.folded,
@@ -345,6 +545,59 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
         "Stopped cleanly."
     );
     Ok(summary)
+}
+
+/// What `/status` shows of a Kafka-mode instance: every partition the group gave it, with its
+/// phase, positions, lag and restore progress.
+fn kafka_status(
+    cfg: &Config,
+    source: &crate::source::kafka::KafkaSource,
+    group: &std::collections::BTreeSet<u16>,
+    caught_up: &[u16],
+    phases: &std::collections::BTreeMap<u16, PartitionPhase>,
+    reader: &crate::source::changelog::ChangelogReader,
+    outbox_depth: u64,
+) -> serde_json::Value {
+    use serde_json::json;
+    let lag = source.lag();
+    let progress = reader.progress();
+    let parts: Vec<serde_json::Value> = group
+        .iter()
+        .map(|p| {
+            let phase = match phases.get(p) {
+                Some(PartitionPhase::Checking) => "checking",
+                Some(PartitionPhase::Restoring { .. }) => "restoring",
+                None if caught_up.contains(p) => "caught_up",
+                None => "catching_up",
+            };
+            let topics: Vec<serde_json::Value> = lag
+                .iter()
+                .filter(|(_, q, _, _)| *q == *p as i32)
+                .map(|(t, _, next, high)| {
+                    json!({
+                        "topic": t,
+                        "next_offset": next,
+                        "high_watermark": high,
+                        "lag": match (next, high) { (Some(n), Some(h)) => Some((h - n).max(0)), _ => None },
+                    })
+                })
+                .collect();
+            let restore = progress
+                .iter()
+                .find(|r| r.partition == *p && r.restoring)
+                .map(|r| json!({"read": r.read, "total": r.total}));
+            json!({"partition": p, "phase": phase, "inputs": topics, "restore": restore})
+        })
+        .collect();
+    json!({
+        "mode": "kafka",
+        "group_id": cfg.kafka.group_id,
+        "group_instance_id": cfg.kafka.group_instance_id,
+        "client_id": cfg.kafka.client_id,
+        "assignment": cfg.kafka.assignment,
+        "outbox_depth": outbox_depth,
+        "partitions": parts,
+    })
 }
 
 /// One account as `inspect` and the demo's risk table show it.

@@ -83,6 +83,7 @@ pub fn kafka(base: &Config, b: &KafkaBench, out: &mut dyn std::io::Write) -> Res
     ] {
         *t = format!("{t}.{suffix}");
     }
+    k.changelog_topic = format!("{}.{suffix}", k.changelog_topic);
     k.group_id = format!("rapport-{suffix}");
     k.output_partitions = cfg.engine.partitions as u32;
     cfg.store.data_dir = dir.path().join("data");

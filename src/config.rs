@@ -84,6 +84,19 @@ pub struct KafkaConfig {
     /// Records of one partition's four topics are processed in record-timestamp order; a topic
     /// with nothing fetched holds the others back at most this long (unless it is read to its end).
     pub merge_wait_ms: u64,
+    /// Compacted topic that every committed batch's changed account states, dedup marks and
+    /// input positions are written to (co-partitioned with the inputs), so that a partition's
+    /// state can be restored on whichever instance is given it.
+    pub changelog_topic: String,
+    /// Static group membership: a stable id per instance (e.g. the pod name). An instance that
+    /// restarts within `session_timeout_ms` gets its partitions back without a rebalance.
+    /// Empty: dynamic membership.
+    pub group_instance_id: String,
+    /// How long the group waits for a silent instance before moving its partitions.
+    pub session_timeout_ms: u64,
+    /// "cooperative" (incremental rebalancing: only the partitions that move stop) or "eager"
+    /// (every partition is revoked and reassigned on each rebalance).
+    pub assignment: String,
     /// Extra librdkafka settings for both consumer and producer, passed through as they are
     /// (TLS and SASL: "security.protocol", "ssl.ca.location", "sasl.mechanism", "sasl.username",
     /// "sasl.password", ...). Values of keys that look secret are never logged.
@@ -331,7 +344,8 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
     /// RocksDB block cache, MiB.
     pub block_cache_mb: usize,
-    /// RocksDB write buffer per column family, MiB.
+    /// RocksDB write buffer of the `state` and `dedup` column families, MiB (the others get a
+    /// quarter of it); up to two per column family are in memory at once.
     pub write_buffer_mb: usize,
     /// fsync the write-ahead log on every batch (survives power loss; a process crash is
     /// survived either way).
@@ -532,6 +546,28 @@ impl Config {
                     ));
                 }
             }
+            if k.changelog_topic.is_empty()
+                || inputs.contains(&k.changelog_topic.as_str())
+                || [&k.output_topics.health_scores, &k.output_topics.churn_alerts, &k.output_topics.dlq]
+                    .contains(&&k.changelog_topic)
+            {
+                return bad(format!(
+                    "kafka.changelog_topic is \"{}\"; it must be a topic of its own (not empty, not an input or output topic), e.g. \"rapport.changelog\".",
+                    k.changelog_topic
+                ));
+            }
+            if !matches!(k.assignment.as_str(), "cooperative" | "eager") {
+                return bad(format!(
+                    "kafka.assignment is \"{}\"; use \"cooperative\" or \"eager\".",
+                    k.assignment
+                ));
+            }
+            if !(6000..=1_800_000).contains(&k.session_timeout_ms) {
+                return bad(format!(
+                    "kafka.session_timeout_ms is {}; the brokers accept 6000 to 1800000 by default (45000 is Kafka's own default).",
+                    k.session_timeout_ms
+                ));
+            }
             if !(k.outbox_low_water < k.outbox_high_water) {
                 return bad(format!(
                     "kafka.outbox_low_water ({}) must be below kafka.outbox_high_water ({}).",
@@ -549,6 +585,9 @@ impl Config {
             if matches!(
                 key.as_str(),
                 "group.id"
+                    | "group.instance.id"
+                    | "partition.assignment.strategy"
+                    | "session.timeout.ms"
                     | "bootstrap.servers"
                     | "enable.auto.commit"
                     | "enable.auto.offset.store"

@@ -11,6 +11,7 @@
 //! - [`codec`]: JSON and protobuf in, dead-letter reasons; output records out.
 //! - [`store`]: the store trait, its RocksDB and in-memory implementations, the key layout.
 //! - [`source`] / [`sink`]: where records come from and go to (NDJSON files; Kafka).
+//! - [`changelog`]: a partition's state as records of a compacted topic, and their guarantee.
 //! - [`pipeline`]: the batch loop — poll → decode → fold/score → one atomic write → publish outbox.
 //! - [`telemetry`]: metric names, tracing setup, the `/metrics` `/healthz` `/readyz` endpoint.
 //! - [`generate`]: synthetic portfolios for the demo, the tests and the benchmarks.
@@ -29,6 +30,7 @@ pub mod pb {
 }
 pub mod app;
 pub mod bench;
+pub mod changelog;
 pub mod pipeline;
 pub mod sink;
 pub mod source;

@@ -28,9 +28,12 @@ use crate::pb::{AccountState, Counters, OutboxRecord, PartitionClock, SourcePosi
 use crate::sink::{OutputKind, Sink, SinkError};
 use crate::source::InputBatch;
 use crate::store::cache::KeyHash;
+use crate::changelog::Changelog;
 use crate::store::keys::{
-    self, COUNTERS_KEY, DEDUP_KEY_LEN, OUTBOX_NEXT_KEY, PARTITIONS_KEY, clock_key,
-    dedup_key_array, outbox_key, parse_outbox_key, parse_timer_key, state_key_into, timer_key,
+    self, COUNTERS_KEY, DEDUP_KEY_LEN, OUTBOX_NEXT_KEY, PARTITIONS_KEY, STORE_ID_KEY,
+    changelog_behind_key, clock_key,
+    dedup_hash, dedup_key_of, outbox_key, parse_outbox_key, parse_timer_key, state_key_into,
+    timer_key,
 };
 use crate::store::{Cf, StateCache, Store, StoreError, WriteSet};
 
@@ -72,18 +75,114 @@ pub struct BatchReport {
     pub late: u64,
 }
 
+/// An account a batch works on.
 struct Entry {
-    state: AccountState,
+    state: Box<AccountState>,
     partition: u16,
     /// The timer as stored, to delete its key when it moves.
     stored_timer: i64,
     band_before: Option<Band>,
     existed: bool,
     dirty: bool,
+    /// The state as written into the batch's write set, once the batch is done with it.
+    written: Option<Written>,
 }
 
-/// The accounts a batch works on, by state key.
-type Entries = HashMap<Box<[u8]>, Entry, KeyHash>;
+/// What the batch's write needs of a state, noted while the state is still in the CPU's cache:
+/// states are far too many to stay there until the end of a batch, and going back to each one
+/// for its encoding, timer and band cost more than everything else done with it.
+#[derive(Clone, Copy)]
+struct Written {
+    /// Index of the state's put in the write set.
+    op: usize,
+    /// First bytes of the key, for sorting the puts.
+    prefix: u128,
+    timer: i64,
+    band: Option<Band>,
+    /// Cache weight of the state.
+    weight: usize,
+}
+
+const NO_EVENT: u32 = u32::MAX;
+
+/// The accounts of one batch: entries in a vector, found by state key through `index`. Events
+/// are matched to their entry once, before the fold, so the fold itself does no lookups.
+#[derive(Default)]
+struct Work {
+    index: HashMap<Box<[u8]>, u32, KeyHash>,
+    /// `None`: an account the store does not have (yet), created by its first folded event.
+    slots: Vec<Option<Entry>>,
+    /// Per slot, the index of the batch's last decoded event of the account, or `NO_EVENT`.
+    last_event: Vec<u32>,
+}
+
+impl Work {
+    fn clear(&mut self) {
+        self.index.clear();
+        self.slots.clear();
+        self.last_event.clear();
+    }
+
+    /// The slot of `key`, added (empty) if the batch has none yet.
+    fn slot(&mut self, key: &[u8]) -> (u32, bool) {
+        if let Some(&i) = self.index.get(key) {
+            return (i, false);
+        }
+        let i = self.slots.len() as u32;
+        self.index.insert(key.into(), i);
+        self.slots.push(None);
+        self.last_event.push(NO_EVENT);
+        (i, true)
+    }
+}
+
+/// A batch's buffers, kept from batch to batch: allocating them afresh for every batch showed
+/// up in profiles as page faults (the allocator hands freed memory back to the system).
+#[derive(Default)]
+struct Scratch {
+    decoded: Vec<Result<(Event, u16), Rejection>>,
+    /// Each decoded event's dedup key as (partition, hash): integers sort faster than bytes.
+    dkeys: Vec<(u16, u128)>,
+    /// Decoded-event indexes in key order, ties in event order.
+    order: Vec<u32>,
+    /// The batch's distinct dedup keys, in key order, as stored.
+    distinct: Vec<[u8; DEDUP_KEY_LEN]>,
+    /// Each event's index into `distinct`.
+    mark_of: Vec<u32>,
+    /// The latest mark (UTC day) of each distinct key.
+    mark: Vec<Option<i32>>,
+    /// The mark each event writes, if it is folded.
+    new_mark: Vec<Option<i32>>,
+    /// Each event's slot in the batch's `Work`.
+    slot_of: Vec<u32>,
+    /// State keys the cache did not have, with their slots.
+    misses: Vec<(Vec<u8>, u32)>,
+    outbox: Vec<OutboxRecord>,
+}
+
+impl Scratch {
+    fn clear(&mut self) {
+        self.decoded.clear();
+        self.dkeys.clear();
+        self.order.clear();
+        self.distinct.clear();
+        self.mark_of.clear();
+        self.mark.clear();
+        self.new_mark.clear();
+        self.slot_of.clear();
+        self.misses.clear();
+        self.outbox.clear();
+    }
+}
+
+/// The first 16 bytes of a key as a big-endian integer (zero-padded): comparing these orders
+/// keys as their bytes do, up to ties.
+fn key_prefix(k: &[u8]) -> u128 {
+    let mut b = [0u8; 16];
+    let n = k.len().min(16);
+    b[..n].copy_from_slice(&k[..n]);
+    u128::from_be_bytes(b)
+}
 
 pub struct Pipeline {
     cfg: Arc<Config>,
@@ -107,6 +206,19 @@ pub struct Pipeline {
     cache: StateCache,
     /// The write of the last batch, cleared and reused.
     write_set: WriteSet,
+    /// The accounts of the last batch (emptied), kept for their tables.
+    work: Work,
+    scratch: Scratch,
+    /// Set in Kafka mode: every batch also writes the changelog (see [`crate::changelog`]).
+    changelog: Option<Changelog>,
+    /// Changelog records committed and not yet handed to the sink, in sequence order. Each is
+    /// sent once every output committed before it is delivered, and only for open partitions.
+    gate: Vec<(u64, OutboxRecord)>,
+    /// Partitions whose changelog records may not be published (yet): not owned, or not yet
+    /// verified as ours since start-up.
+    held: BTreeSet<u16>,
+    /// The highest sequence number handed to the sink.
+    last_sent: Option<u64>,
 }
 
 fn type_index(ev: &Event) -> usize {
@@ -205,7 +317,229 @@ impl Pipeline {
             delete_from: confirmed,
             cache: StateCache::new(cfg_cache_bytes),
             write_set: WriteSet::default(),
+            work: Work::default(),
+            scratch: Scratch::default(),
+            changelog: None,
+            gate: Vec::new(),
+            held: BTreeSet::new(),
+            last_sent: None,
         })
+    }
+
+    /// This store's id (created with the store): the writer of its changelog records.
+    pub fn store_id(&self) -> Result<[u8; 16], PipelineError> {
+        if let Some(v) = self.store.get(Cf::Meta, STORE_ID_KEY)? {
+            if let Ok(id) = <[u8; 16]>::try_from(v.as_slice()) {
+                return Ok(id);
+            }
+        }
+        use rand::RngCore;
+        let mut id = [0u8; 16];
+        rand::rng().fill_bytes(&mut id);
+        let mut w = WriteSet::default();
+        w.put(Cf::Meta, STORE_ID_KEY, &id);
+        self.store.commit(&w)?;
+        Ok(id)
+    }
+
+    /// Turns the changelog on. Every partition starts held: its changelog records (including
+    /// those an earlier run left in the outbox) wait until [`open_changelog`](Self::open_changelog).
+    pub fn enable_changelog(&mut self, changelog: Changelog) {
+        self.held = (0..self.cfg.engine.partitions).collect();
+        self.changelog = Some(changelog);
+    }
+
+    /// Lets partition `p`'s changelog records be published: it is ours and its changelog is
+    /// known to have been written by us alone since our local state was written.
+    pub fn open_changelog(&mut self, p: u16) {
+        self.held.remove(&p);
+    }
+
+    /// Partition `p` is no longer ours: its unpublished changelog records are dropped (the new
+    /// owner reads the inputs again from the last published checkpoint). If any were dropped, the
+    /// partition's local state is marked as ahead of its changelog, so that it is restored
+    /// before it is used here again. Returns how many were dropped.
+    pub fn close_changelog(&mut self, p: u16) -> Result<usize, PipelineError> {
+        self.held.insert(p);
+        let before = self.gate.len();
+        self.gate.retain(|(_, r)| r.partition != p as i32);
+        let dropped = before - self.gate.len();
+        if dropped > 0 {
+            let mut w = WriteSet::default();
+            w.put(Cf::Meta, &changelog_behind_key(p), &[]);
+            self.store.commit(&w)?;
+        }
+        Ok(dropped)
+    }
+
+    /// Whether partition `p`'s local state may be ahead of its changelog (see
+    /// [`close_changelog`](Self::close_changelog)).
+    pub fn changelog_behind(&self, p: u16) -> Result<bool, PipelineError> {
+        Ok(self.store.get(Cf::Meta, &changelog_behind_key(p))?.is_some())
+    }
+
+    /// Whether this store holds any input position of partition `p`.
+    pub fn has_positions(&self, p: u16) -> bool {
+        self.changelog.as_ref().is_some_and(|c| {
+            c.sources_of
+                .get(p as usize)
+                .is_some_and(|keys| keys.iter().any(|k| self.positions.contains_key(k)))
+        })
+    }
+
+    /// Unpublished changelog records, all partitions.
+    pub fn changelog_pending(&self) -> usize {
+        self.gate.len()
+    }
+
+    /// Drops partition `p`'s local state (states, dedup marks, timers, positions, clock) ahead
+    /// of a restore from the changelog. The partition stays marked as behind until
+    /// [`end_restore`](Self::end_restore), so that a crash half-way restores it again.
+    pub fn begin_restore(&mut self, p: u16) -> Result<(), PipelineError> {
+        self.close_changelog(p)?;
+        let mut w = WriteSet::default();
+        let (lo, hi) = keys::partition_range(p);
+        for cf in [Cf::State, Cf::Dedup, Cf::Timers] {
+            w.delete_range(cf, &lo, &hi);
+        }
+        let next = keys::chunk_prefix(p + 1);
+        w.delete_range(Cf::Meta, &keys::chunk_prefix(p), &next);
+        for k in self.sources_of(p) {
+            w.delete(Cf::Offsets, k.as_bytes());
+            self.positions.remove(&k);
+        }
+        w.delete(Cf::Meta, &clock_key(p));
+        w.put(Cf::Meta, &changelog_behind_key(p), &[]);
+        self.store.commit(&w)?;
+        self.timers[p as usize].clear();
+        self.clocks[p as usize] = 0;
+        self.forget_cached_states(&[p]);
+        Ok(())
+    }
+
+    fn sources_of(&self, p: u16) -> Vec<String> {
+        self.changelog
+            .as_ref()
+            .and_then(|c| c.sources_of.get(p as usize).cloned())
+            .unwrap_or_default()
+    }
+
+    /// Writes records read back from partition `p`'s changelog into the store: a group that a
+    /// checkpoint closes (see [`crate::changelog::RestoreBuffer`]), in log order. Returns the
+    /// number of account states written.
+    pub fn apply_restored(
+        &mut self,
+        p: u16,
+        records: &[crate::changelog::Restored],
+    ) -> Result<u64, PipelineError> {
+        use crate::changelog::{Key, parse_key};
+        let mut w = WriteSet::default();
+        let mut states = 0u64;
+        for r in records {
+            let Some(key) = parse_key(&r.key) else {
+                continue;
+            };
+            match (key, &r.value) {
+                (Key::State(account), Some(v)) => {
+                    // Timers are indexed once the last version of every state is in
+                    // (`end_restore`): an account's state may come several times.
+                    w.put(Cf::State, &keys::state_key(p, account), v);
+                    states += 1;
+                }
+                (Key::Chunk { day }, Some(v)) => {
+                    let Ok(chunk) = crate::pb::DedupChunk::decode(v.as_slice()) else {
+                        continue;
+                    };
+                    for (hash, d) in crate::changelog::chunk_marks(&chunk) {
+                        w.put(Cf::Dedup, &dedup_key_of(p, hash), &d.to_le_bytes());
+                    }
+                    w.put(Cf::Meta, &keys::chunk_key(p, day, &r.key), &[]);
+                }
+                (Key::Chunk { day }, None) => {
+                    w.delete(Cf::Meta, &keys::chunk_key(p, day, &r.key));
+                }
+                (Key::Checkpoint, Some(v)) => {
+                    let Ok(c) = crate::pb::PartitionCheckpoint::decode(v.as_slice()) else {
+                        continue;
+                    };
+                    for (k, next) in &c.positions {
+                        w.put(
+                            Cf::Offsets,
+                            k.as_bytes(),
+                            &SourcePosition { next: *next }.encode_to_vec(),
+                        );
+                        self.positions.insert(k.clone(), *next);
+                    }
+                    w.put(
+                        Cf::Meta,
+                        &clock_key(p),
+                        &PartitionClock {
+                            stream_time_ms: c.stream_time_ms,
+                        }
+                        .encode_to_vec(),
+                    );
+                    self.clocks[p as usize] = c.stream_time_ms;
+                }
+                _ => {}
+            }
+            if w.len() > 4096 {
+                self.store.commit(&w)?;
+                w.clear();
+            }
+        }
+        self.store.commit(&w)?;
+        Ok(states)
+    }
+
+    /// Ends a restore: checks every restored state, indexes their timers, and lets the
+    /// partition's changelog be published. Returns the number of accounts restored.
+    pub fn end_restore(&mut self, p: u16) -> Result<u64, PipelineError> {
+        let (lo, hi) = keys::partition_range(p);
+        let timers = &mut self.timers[p as usize];
+        timers.clear();
+        let mut w = WriteSet::default();
+        let mut bad = None;
+        let mut accounts = 0u64;
+        self.store.scan(Cf::State, &lo, &mut |k, v| {
+            if k >= hi.as_slice() {
+                return false;
+            }
+            let Some((_, acct)) = keys::parse_state_key(k) else {
+                return true;
+            };
+            match state::decode(v) {
+                Ok(s) => {
+                    accounts += 1;
+                    if s.timer_due_ms != 0 {
+                        w.put(Cf::Timers, &timer_key(p, s.timer_due_ms, acct), &[]);
+                        timers.insert((s.timer_due_ms, acct.to_owned()));
+                    }
+                    true
+                }
+                Err(e) => {
+                    bad = Some((acct.to_owned(), e));
+                    false
+                }
+            }
+        })?;
+        if let Some((account, source)) = bad {
+            return Err(PipelineError::State { account, source });
+        }
+        w.delete(Cf::Meta, &changelog_behind_key(p));
+        self.store.commit(&w)?;
+        self.open_changelog(p);
+        Ok(accounts)
+    }
+
+    /// The stored input positions of partition `p` (after a restore: the checkpoint's).
+    pub fn partition_positions(&self, p: u16) -> Vec<(String, Option<u64>)> {
+        self.sources_of(p)
+            .into_iter()
+            .map(|k| {
+                let v = self.positions.get(&k).copied();
+                (k, v)
+            })
+            .collect()
     }
 
     pub fn set_output_format(&mut self, f: OutputFormat) {
@@ -248,25 +582,78 @@ impl Pipeline {
             }
             true
         })?;
-        for (seq, r) in &recs {
-            sink.send(*seq, r)?;
-        }
         let n = recs.len() as u64;
-        self.confirmed = self.confirmed.max(sink.confirmed(true)?);
+        for (seq, r) in recs {
+            if self.changelog.is_some() && r.kind == OutputKind::Changelog as u32 {
+                // Held until the partition is known to be ours, its changelog untouched by others.
+                self.gate.push((seq, r));
+            } else {
+                sink.send(seq, &r)?;
+                self.last_sent = Some(seq);
+            }
+        }
+        self.pump(sink, true)?;
         self.flush_deletes()?;
         Ok(n)
+    }
+
+    /// Hands the changelog records that may go now to the sink, and moves `confirmed` up to the
+    /// first row not yet delivered. A changelog record may go once every row before it is
+    /// delivered — or was handed out in this same call right before it (one batch's records go
+    /// together) — and its partition is not held. With `wait`, repeats until nothing more can go.
+    fn pump(&mut self, sink: &mut dyn Sink, wait: bool) -> Result<(), PipelineError> {
+        loop {
+            let c = sink.confirmed(wait)?;
+            let all_delivered = self.last_sent.is_none_or(|l| c > l);
+            let mut sent_now = false;
+            let mut stopped = false;
+            let mut expect = 0u64;
+            let mut first_open: Option<u64> = None;
+            let gate = std::mem::take(&mut self.gate);
+            let mut keep = Vec::with_capacity(gate.len());
+            for (seq, rec) in gate {
+                if !stopped {
+                    let ok = if sent_now { seq == expect } else { all_delivered || c >= seq };
+                    stopped = !ok;
+                }
+                if stopped || self.held.contains(&(rec.partition as u16)) {
+                    if !stopped {
+                        expect = seq + 1;
+                    }
+                    keep.push((seq, rec));
+                    continue;
+                }
+                sink.send(seq, &rec)?;
+                self.last_sent = Some(self.last_sent.map_or(seq, |l| l.max(seq)));
+                first_open.get_or_insert(seq);
+                sent_now = true;
+                expect = seq + 1;
+            }
+            self.gate = keep;
+            let base = if all_delivered { self.next_seq } else { c };
+            let lowest = [Some(base), first_open, self.gate.first().map(|(s, _)| *s)]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(base);
+            self.confirmed = self.confirmed.max(lowest);
+            if !(wait && sent_now) {
+                return Ok(());
+            }
+        }
     }
 
     /// Collects the sink's confirmations without waiting and deletes the confirmed outbox rows
     /// (for idle moments between batches).
     pub fn settle(&mut self, sink: &mut dyn Sink) -> Result<(), PipelineError> {
-        self.confirmed = self.confirmed.max(sink.confirmed(false)?);
+        self.pump(sink, false)?;
         self.flush_deletes()
     }
 
     /// Waits for the sink to confirm everything and deletes the confirmed outbox rows.
+    /// Changelog records of held partitions stay unpublished (and in the outbox).
     pub fn finish(&mut self, sink: &mut dyn Sink) -> Result<(), PipelineError> {
-        self.confirmed = self.confirmed.max(sink.confirmed(true)?);
+        self.pump(sink, true)?;
         self.flush_deletes()
     }
 
@@ -300,86 +687,98 @@ impl Pipeline {
             records: batch.records.len() as u64,
             ..Default::default()
         };
+        let mut x = std::mem::take(&mut self.scratch);
+        x.clear();
+        let mut work = std::mem::take(&mut self.work);
+        work.clear();
+        let mut w = std::mem::take(&mut self.write_set);
+        w.clear();
 
         // 1. Decode every record.
-        let decoded: Vec<Result<(Event, u16), Rejection>> = batch
-            .records
-            .iter()
-            .map(|r| {
-                if let Some(len) = r.oversized {
-                    return Err(Rejection {
-                        reason: Reason::TooLarge,
-                        detail: format!(
-                            "The record is {len} bytes, over the {} byte limit (engine.max_record_bytes); only its first bytes are kept here.",
-                            cfg.engine.max_record_bytes
-                        ),
-                    });
-                }
-                let bytes = batch.bytes(r);
-                // A line of an NDJSON file is JSON or nothing; Kafka records may be protobuf.
-                let ev = if self.json_only {
-                    crate::codec::json::decode_json(bytes, &self.limits)?
-                } else {
-                    crate::codec::decode(bytes, &self.limits)?
-                };
-                let p = r.partition.unwrap_or_else(|| keys::partition_for(&ev.account_id, n));
-                Ok((ev, p))
-            })
-            .collect();
+        x.decoded.extend(batch.records.iter().map(|r| {
+            if let Some(len) = r.oversized {
+                return Err(Rejection {
+                    reason: Reason::TooLarge,
+                    detail: format!(
+                        "The record is {len} bytes, over the {} byte limit (engine.max_record_bytes); only its first bytes are kept here.",
+                        cfg.engine.max_record_bytes
+                    ),
+                });
+            }
+            let bytes = batch.bytes(r);
+            // A line of an NDJSON file is JSON or nothing; Kafka records may be protobuf.
+            let ev = if self.json_only {
+                crate::codec::json::decode_json(bytes, &self.limits)?
+            } else {
+                crate::codec::decode(bytes, &self.limits)?
+            };
+            let p = r.partition.unwrap_or_else(|| keys::partition_for(&ev.account_id, n));
+            Ok((ev, p))
+        }));
+        let decoded = &x.decoded;
 
         // 2. Look up the batch's dedup marks (one batched read) and account states (the cache
         //    first, one batched read for the rest).
-        // Each event's dedup key, in event order, and the index of that key among the batch's
-        // distinct keys: marks are then looked up and recorded by index, without hashing.
-        let dkeys: Vec<[u8; DEDUP_KEY_LEN]> = decoded
-            .iter()
-            .flatten()
-            .map(|(ev, p)| dedup_key_array(*p, &ev.account_id, &ev.event_id))
-            .collect();
-        let mut order: Vec<u32> = (0..dkeys.len() as u32).collect();
-        order.sort_unstable_by_key(|&i| dkeys[i as usize]);
-        let mut distinct: Vec<&[u8]> = Vec::with_capacity(order.len());
-        let mut slot_of = vec![0u32; dkeys.len()];
-        for &i in &order {
-            let k = &dkeys[i as usize][..];
-            if distinct.last() != Some(&k) {
-                distinct.push(k);
+        // Each event's dedup key, and the index of that key among the batch's distinct keys:
+        // marks are then looked up and recorded by index, without hashing.
+        x.dkeys.extend(
+            decoded
+                .iter()
+                .flatten()
+                .map(|(ev, p)| (*p, dedup_hash(&ev.account_id, &ev.event_id))),
+        );
+        let dkeys = &x.dkeys;
+        x.order.extend(0..dkeys.len() as u32);
+        // Ties in event order, so that two marks of one key are written in the order they were
+        // made (the later one wins).
+        x.order.sort_unstable_by_key(|&i| (dkeys[i as usize], i));
+        x.mark_of.resize(dkeys.len(), 0);
+        let mut last = None;
+        for &i in &x.order {
+            let k = dkeys[i as usize];
+            if last != Some(k) {
+                x.distinct.push(dedup_key_of(k.0, k.1));
+                last = Some(k);
             }
-            slot_of[i as usize] = distinct.len() as u32 - 1;
+            x.mark_of[i as usize] = x.distinct.len() as u32 - 1;
         }
         // The latest mark of each distinct key: from the store, then from this batch's events.
-        let mut mark: Vec<Option<i32>> = vec![None; distinct.len()];
-        self.store.multi_get(Cf::Dedup, &distinct, &mut |i, v| {
-            if let Some(v) = v.and_then(|v| v.get(..4)) {
-                mark[i] = Some(i32::from_le_bytes(v.try_into().unwrap()));
-            }
-        })?;
-
-        let mut entries: Entries = HashMap::with_capacity_and_hasher(dkeys.len(), KeyHash::default());
-        let mut key_buf: Vec<u8> = Vec::with_capacity(64);
-        let mut misses: Vec<Vec<u8>> = Vec::new();
-        for (ev, p) in decoded.iter().flatten() {
-            state_key_into(*p, &ev.account_id, &mut key_buf);
-            if entries.contains_key(key_buf.as_slice()) {
-                continue;
-            }
-            match self.cache.take(&key_buf) {
-                Some((k, s)) => {
-                    entries.insert(k, entry_of(s, *p, &cfg, true));
+        x.mark.resize(x.distinct.len(), None);
+        {
+            let distinct: Vec<&[u8]> = x.distinct.iter().map(|k| &k[..]).collect();
+            let mark = &mut x.mark;
+            self.store.multi_get(Cf::Dedup, &distinct, &mut |i, v| {
+                if let Some(v) = v.and_then(|v| v.get(..4)) {
+                    mark[i] = Some(i32::from_le_bytes(v.try_into().unwrap()));
                 }
-                None => misses.push(key_buf.clone()),
-            }
+            })?;
         }
-        misses.sort_unstable();
-        misses.dedup();
-        let miss_keys: Vec<&[u8]> = misses.iter().map(Vec::as_slice).collect();
+        x.new_mark.resize(dkeys.len(), None);
+
+        // Each event's account: from the cache if it has it, else (below) from the store.
+        let mut key_buf: Vec<u8> = Vec::with_capacity(64);
+        for (ev_i, (ev, p)) in decoded.iter().flatten().enumerate() {
+            state_key_into(*p, &ev.account_id, &mut key_buf);
+            let (slot, new) = work.slot(&key_buf);
+            if new {
+                match self.cache.take(&key_buf) {
+                    Some((_, s)) => work.slots[slot as usize] = Some(entry_of(s, *p, &cfg, true)),
+                    None => x.misses.push((key_buf.clone(), slot)),
+                }
+            }
+            work.last_event[slot as usize] = ev_i as u32;
+            x.slot_of.push(slot);
+        }
+        x.misses.sort_unstable();
+        let miss_keys: Vec<&[u8]> = x.misses.iter().map(|(k, _)| k.as_slice()).collect();
         let mut load_err = None;
         self.store.multi_get(Cf::State, &miss_keys, &mut |i, v| {
             if let Some(v) = v {
                 match state::decode(v) {
                     Ok(s) => {
                         let p = keys::parse_state_key(miss_keys[i]).map_or(0, |(p, _)| p);
-                        entries.insert(miss_keys[i].into(), entry_of(s, p, &cfg, true));
+                        work.slots[x.misses[i].1 as usize] =
+                            Some(entry_of(Box::new(s), p, &cfg, true));
                     }
                     Err(e) => load_err = Some((miss_keys[i].to_vec(), e)),
                 }
@@ -390,20 +789,18 @@ impl Pipeline {
             return Err(PipelineError::State { account, source: e });
         }
         drop(miss_keys);
-        drop(misses);
 
         // 3. Fold and evaluate, record by record, in input order.
         // Outputs in the order they happen (dead letters, score changes, alerts interleaved), so
         // the published sequence does not depend on where batches begin and end.
-        let mut outbox: Vec<OutboxRecord> = Vec::new();
-        let mut new_marks: Vec<(u32, i32)> = Vec::new();
+        let mut outbox = std::mem::take(&mut x.outbox);
         let mut clocks_dirty = vec![false; n as usize];
         let mut last_pos: Vec<Option<u64>> = vec![None; sources.len()];
         let lateness = cfg.engine.allowed_lateness_secs as i64 * 1000;
         let retention = cfg.engine.dedup_retention_days as i32;
         let mut ev_i = 0;
         let mut outs = Vec::new();
-        for (r, d) in batch.records.iter().zip(&decoded) {
+        for (r, d) in batch.records.iter().zip(decoded) {
             last_pos[r.source as usize] = Some(r.next);
             let (ev, p) = match d {
                 Err(rej) => {
@@ -419,22 +816,23 @@ impl Pipeline {
                 }
                 Ok((ev, p)) => (ev, *p),
             };
-            let slot = slot_of[ev_i] as usize;
+            let this = ev_i;
             ev_i += 1;
+            let m = x.mark_of[this] as usize;
             let stream = self.clocks[p as usize].max(ev.occurred_at_ms);
             let horizon = day_of(stream) - retention;
             // The latest mark of this id, from earlier in this batch or else from the store. The
             // same retention rule applies to both, so batching cannot change the verdict.
-            if mark[slot].is_some_and(|day| day >= horizon) {
+            if x.mark[m].is_some_and(|day| day >= horizon) {
                 report.duplicates += 1;
                 continue;
             }
-            mark[slot] = Some(day_of(ev.occurred_at_ms));
-            new_marks.push((ev_i as u32 - 1, day_of(ev.occurred_at_ms)));
+            x.mark[m] = Some(day_of(ev.occurred_at_ms));
+            x.new_mark[this] = Some(day_of(ev.occurred_at_ms));
 
             // Timers due before this event fire first: event time, as the log says.
             if cfg.engine.timer_clock == TimerClock::Event {
-                self.fire_timers(p, stream, &mut entries, &mut outbox, &mut report)?;
+                self.fire_timers(p, stream, this as u32, &mut work, &mut w, &mut outbox, &mut report)?;
             }
             if stream != self.clocks[p as usize] {
                 self.clocks[p as usize] = stream;
@@ -442,22 +840,24 @@ impl Pipeline {
             }
             let late = ev.occurred_at_ms < stream - lateness;
             report.late += late as u64;
-            state_key_into(p, &ev.account_id, &mut key_buf);
-            let e = match entries.get_mut(key_buf.as_slice()) {
-                Some(e) => e,
-                None => entries.entry(key_buf.as_slice().into()).or_insert(Entry {
-                    state: state::new_state(&ev.account_id, ev.occurred_at_ms),
-                    partition: p,
-                    stored_timer: 0,
-                    band_before: None,
-                    existed: false,
-                    dirty: false,
-                }),
-            };
+            let slot = x.slot_of[this] as usize;
+            let e = work.slots[slot].get_or_insert_with(|| Entry {
+                state: Box::new(state::new_state(&ev.account_id, ev.occurred_at_ms)),
+                partition: p,
+                stored_timer: 0,
+                band_before: None,
+                existed: false,
+                dirty: false,
+                written: None,
+            });
             fold(&mut e.state, ev, late, &cfg);
             let next = evaluate(&mut e.state, stream, &cfg, &mut outs);
             e.dirty = true;
             reschedule(&mut self.timers[p as usize], e, next);
+            if work.last_event[slot] == this as u32 {
+                state_key_into(p, &ev.account_id, &mut key_buf);
+                write_state(&mut w, &key_buf, e, &cfg);
+            }
             for o in outs.drain(..) {
                 self.emit(p, o, &mut outbox, &mut report);
             }
@@ -465,59 +865,126 @@ impl Pipeline {
             report.by_type[type_index(ev)] += 1;
         }
         if cfg.engine.timer_clock == TimerClock::Wall {
-            if let Some(w) = wall {
-                for &p in w.partitions.iter().filter(|p| **p < n) {
-                    self.fire_timers(p, w.now_ms, &mut entries, &mut outbox, &mut report)?;
+            if let Some(wc) = wall {
+                for &p in wc.partitions.iter().filter(|p| **p < n) {
+                    self.fire_timers(p, wc.now_ms, NO_EVENT, &mut work, &mut w, &mut outbox, &mut report)?;
                 }
             }
         }
 
         // 5. One atomic write.
-        // States and dedup marks go in key order: RocksDB's skip-list memtable then finds each
-        // insert position next to the previous one instead of searching from the top, which
-        // makes inserts several times cheaper. (Two marks of one key keep their event order.)
-        let mut w = std::mem::take(&mut self.write_set);
-        w.clear();
-        let mut dirty: Vec<(&[u8], &Entry)> = entries
-            .iter()
-            .filter(|(_, e)| e.dirty)
-            .map(|(k, e)| (&k[..], e))
-            .collect();
-        dirty.sort_unstable_by_key(|(k, _)| *k);
-        for (key, e) in dirty {
-            w.put_with(Cf::State, key, |buf| {
-                e.state.encode(buf).expect("Vec grows")
-            });
-            if e.state.timer_due_ms != e.stored_timer {
-                if e.stored_timer != 0 {
-                    w.delete(
-                        Cf::Timers,
-                        &timer_key(e.partition, e.stored_timer, &e.state.account_id),
-                    );
+        // The states whose last event was a duplicate (the rest are written already).
+        for (key, &slot) in &work.index {
+            if let Some(e) = work.slots[slot as usize].as_mut() {
+                if e.dirty && e.written.is_none() {
+                    write_state(&mut w, key, e, &cfg);
                 }
-                if e.state.timer_due_ms != 0 {
-                    w.put(
-                        Cf::Timers,
-                        &timer_key(e.partition, e.state.timer_due_ms, &e.state.account_id),
-                        &[],
-                    );
+            }
+        }
+        // The changelog gets every state written (before the puts are reordered below: `op`
+        // indexes refer to the order they were made in).
+        let mut cl_rows: Vec<OutboxRecord> = Vec::new();
+        let mut touched: BTreeSet<u16> = BTreeSet::new();
+        if let Some(cl) = &self.changelog {
+            for e in work.slots.iter().flatten() {
+                if let Some(wr) = e.written {
+                    let op = &w.ops[wr.op];
+                    let account = std::str::from_utf8(&w.key(op)[2..]).expect("state keys hold UTF-8 ids");
+                    cl_rows.push(cl.state(e.partition, account, w.value(op)));
+                    touched.insert(e.partition);
+                }
+            }
+            touched.extend(batch.records.iter().filter_map(|r| r.partition));
+        }
+        // States go in key order, and so do dedup marks: RocksDB's skip-list memtable then
+        // finds each insert position next to the previous one instead of searching from the
+        // top, which makes inserts several times cheaper.
+        let mut puts: Vec<(u128, u32)> = work
+            .slots
+            .iter()
+            .flatten()
+            .filter_map(|e| e.written.map(|wr| (wr.prefix, wr.op as u32)))
+            .collect();
+        puts.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| w.key(&w.ops[a.1 as usize]).cmp(w.key(&w.ops[b.1 as usize])))
+        });
+        let order: Vec<u32> = puts.iter().map(|&(_, op)| op).collect();
+        w.reorder_from(0, &order);
+        // Timers that moved: the old key deleted, the new one put, in key order too.
+        let mut timer_ops: Vec<(Vec<u8>, bool)> = Vec::new();
+        for (key, &slot) in &work.index {
+            let Some(e) = work.slots[slot as usize].as_ref() else {
+                continue;
+            };
+            let Some(wr) = e.written else { continue };
+            let account = std::str::from_utf8(&key[2..]).expect("state keys hold UTF-8 ids");
+            if wr.timer != e.stored_timer {
+                if e.stored_timer != 0 {
+                    timer_ops.push((timer_key(e.partition, e.stored_timer, account), false));
+                }
+                if wr.timer != 0 {
+                    timer_ops.push((timer_key(e.partition, wr.timer, account), true));
                 }
             }
             if !e.existed {
                 self.counters.accounts += 1;
             }
-            let after = e
-                .state
-                .scored
-                .then(|| Band::of(e.state.emitted_score, &cfg.scorecard.bands));
-            if after != e.band_before {
+            if wr.band != e.band_before {
                 bump_band(&mut self.counters, e.band_before, -1);
-                bump_band(&mut self.counters, after, 1);
+                bump_band(&mut self.counters, wr.band, 1);
             }
         }
-        new_marks.sort_by_key(|&(i, _)| dkeys[i as usize]);
-        for (i, day) in new_marks {
-            w.put(Cf::Dedup, &dkeys[i as usize], &day.to_le_bytes());
+        // Keys are unique here: each account moves only its own timer, once.
+        timer_ops.sort_unstable();
+        for (key, put) in &timer_ops {
+            match put {
+                true => w.put(Cf::Timers, key, &[]),
+                false => w.delete(Cf::Timers, key),
+            }
+        }
+        for &i in &x.order {
+            if let Some(day) = x.new_mark[i as usize] {
+                let key = &x.distinct[x.mark_of[i as usize] as usize];
+                w.put(Cf::Dedup, key, &day.to_le_bytes());
+            }
+        }
+        if let Some(cl) = &self.changelog {
+            // One chunk per partition with the marks this batch added, and tombstones for the
+            // chunks whose every mark has left the dedup window.
+            let mut chunks: std::collections::BTreeMap<u16, crate::pb::DedupChunk> = Default::default();
+            for &i in &x.order {
+                if let Some(day) = x.new_mark[i as usize] {
+                    let (p, hash) = x.dkeys[i as usize];
+                    let c = chunks.entry(p).or_default();
+                    c.hashes.extend_from_slice(&hash.to_be_bytes());
+                    c.days.push(day);
+                }
+            }
+            for (p, c) in &chunks {
+                let day = c.days.iter().copied().max().unwrap_or(0);
+                let key = crate::changelog::chunk_key(day, &cl.writer, self.next_seq);
+                w.put(Cf::Meta, &keys::chunk_key(*p, day, &key), &[]);
+                cl_rows.push(cl.chunk(*p, key, c));
+            }
+            for &p in &touched {
+                let horizon = day_of(self.clocks[p as usize]) - retention;
+                let prefix = keys::chunk_prefix(p);
+                let mut expired = Vec::new();
+                self.store.scan(Cf::Meta, &prefix, &mut |k, _| {
+                    match keys::parse_chunk_key(p, k) {
+                        Some((day, key)) if day < horizon => {
+                            expired.push((k.to_vec(), key.to_owned()));
+                            true
+                        }
+                        _ => false,
+                    }
+                })?;
+                for (meta_key, key) in expired {
+                    w.delete(Cf::Meta, &meta_key);
+                    cl_rows.push(cl.tombstone(p, key));
+                }
+            }
         }
         for (p, _) in clocks_dirty.iter().enumerate().filter(|(_, d)| **d) {
             let c = PartitionClock {
@@ -540,6 +1007,21 @@ impl Pipeline {
                 }
             }
         }
+        if let Some(cl) = &self.changelog {
+            // Last: a restore applies only what a checkpoint follows.
+            for &p in &touched {
+                let positions = cl.sources_of[p as usize]
+                    .iter()
+                    .filter_map(|k| self.positions.get(k).map(|v| (k.clone(), *v)))
+                    .collect();
+                let c = crate::pb::PartitionCheckpoint {
+                    positions,
+                    stream_time_ms: self.clocks[p as usize],
+                };
+                cl_rows.push(cl.checkpoint(p, &c));
+            }
+        }
+        outbox.append(&mut cl_rows);
         self.counters.records_in += report.records;
         self.counters.folded += report.folded;
         self.counters.duplicates += report.duplicates;
@@ -550,7 +1032,7 @@ impl Pipeline {
         let first_seq = self.next_seq;
         for (i, rec) in outbox.iter().enumerate() {
             w.put_with(Cf::Outbox, &outbox_key(first_seq + i as u64), |buf| {
-                rec.encode(buf).expect("Vec grows")
+                rec.encode_raw(buf)
             });
         }
         if self.confirmed > self.delete_from {
@@ -574,19 +1056,36 @@ impl Pipeline {
         // The buffers are kept for the next batch (they grow to a batch's size once).
         self.write_set = w;
         // Committed: only now may the batch's states be seen by later batches through the cache.
-        for (key, e) in entries.drain() {
-            self.cache.put(key, e.state);
+        for (key, slot) in work.index.drain() {
+            if let Some(e) = work.slots[slot as usize].take() {
+                let weight = match e.written {
+                    Some(wr) => wr.weight,
+                    None => state_weight(&key, &e.state),
+                };
+                self.cache.put(key, e.state, weight);
+            }
         }
+        self.work = work;
 
-        // 6. Publish; confirmed rows are deleted with the next commit.
-        for (i, rec) in outbox.iter().enumerate() {
-            sink.send(first_seq + i as u64, rec)?;
+        // 6. Publish (changelog records through the gate); confirmed rows are deleted with the
+        //    next commit.
+        for (i, rec) in outbox.drain(..).enumerate() {
+            let seq = first_seq + i as u64;
+            if rec.kind == OutputKind::Changelog as u32 {
+                self.gate.push((seq, rec));
+            } else {
+                sink.send(seq, &rec)?;
+                self.last_sent = Some(seq);
+            }
         }
-        self.confirmed = self.confirmed.max(sink.confirmed(false)?);
+        self.pump(sink, false)?;
         if let Some(min_clock) = self.clocks.iter().filter(|&&c| c > 0).min() {
             self.store
                 .set_dedup_horizon(day_of(*min_clock) - retention - 1);
         }
+        outbox.clear();
+        x.outbox = outbox;
+        self.scratch = x;
         Ok(report)
     }
 
@@ -637,12 +1136,16 @@ impl Pipeline {
         });
     }
 
-    /// Fires partition `p`'s timers due at or before `up_to`, in (due, account) order.
+    /// Fires partition `p`'s timers due at or before `up_to`, in (due, account) order, before
+    /// decoded event number `before` (`NO_EVENT`: after the batch's last).
+    #[allow(clippy::too_many_arguments)]
     fn fire_timers(
         &mut self,
         p: u16,
         up_to: i64,
-        entries: &mut Entries,
+        before: u32,
+        work: &mut Work,
+        w: &mut WriteSet,
         outbox: &mut Vec<OutboxRecord>,
         report: &mut BatchReport,
     ) -> Result<(), PipelineError> {
@@ -658,15 +1161,16 @@ impl Pipeline {
             }
             state_key_into(p, acct, &mut key);
             let (_, acct) = self.timers[p as usize].pop_first().expect("present");
-            if !entries.contains_key(key.as_slice()) {
+            let (slot, _) = work.slot(&key);
+            let slot = slot as usize;
+            if work.slots[slot].is_none() {
                 let s = match self.cache.take(&key) {
-                    Some((k, s)) => {
-                        entries.insert(k, entry_of(s, p, &self.cfg, true));
-                        None
-                    }
+                    Some((_, s)) => s,
                     None => match self.store.get(Cf::State, &key)? {
+                        // Not in the store: an account this batch creates (its timer cannot be
+                        // due yet), or a stale timer.
                         None => continue,
-                        Some(v) => Some(state::decode(&v).map_err(|source| {
+                        Some(v) => Box::new(state::decode(&v).map_err(|source| {
                             PipelineError::State {
                                 account: acct.clone(),
                                 source,
@@ -674,11 +1178,9 @@ impl Pipeline {
                         })?),
                     },
                 };
-                if let Some(s) = s {
-                    entries.insert(key.as_slice().into(), entry_of(s, p, &self.cfg, true));
-                }
+                work.slots[slot] = Some(entry_of(s, p, &self.cfg, true));
             }
-            let e = entries.get_mut(key.as_slice()).expect("just inserted");
+            let e = work.slots[slot].as_mut().expect("just filled");
             if e.state.timer_due_ms != due {
                 continue;
             }
@@ -686,6 +1188,11 @@ impl Pipeline {
             let next = evaluate(&mut e.state, due, &self.cfg, &mut outs);
             e.dirty = true;
             reschedule(&mut self.timers[p as usize], e, next);
+            // Written now if the batch has no later event for the account (else that event will).
+            let last = work.last_event[slot];
+            if last == NO_EVENT || last < before {
+                write_state(w, &key, e, &self.cfg);
+            }
             for o in outs.drain(..) {
                 self.emit(p, o, outbox, report);
             }
@@ -700,7 +1207,35 @@ impl Pipeline {
     }
 }
 
-fn entry_of(s: AccountState, p: u16, cfg: &Config, existed: bool) -> Entry {
+/// Encodes the entry's state into the write set (again, if it was written before and changed
+/// since) and notes what the rest of the write needs of it.
+fn write_state(w: &mut WriteSet, key: &[u8], e: &mut Entry, cfg: &Config) {
+    // `encode_raw`: `encode` would first walk the whole state once more only to check a
+    // capacity that a Vec does not have.
+    let op = match e.written {
+        Some(wr) => {
+            w.replace_value_with(wr.op, |buf| e.state.encode_raw(buf));
+            wr.op
+        }
+        None => w.put_with(Cf::State, key, |buf| e.state.encode_raw(buf)),
+    };
+    e.written = Some(Written {
+        op,
+        prefix: key_prefix(key),
+        timer: e.state.timer_due_ms,
+        band: e
+            .state
+            .scored
+            .then(|| Band::of(e.state.emitted_score, &cfg.scorecard.bands)),
+        weight: state_weight(key, &e.state),
+    });
+}
+
+fn state_weight(key: &[u8], s: &AccountState) -> usize {
+    crate::store::cache::state_bytes(s) + key.len()
+}
+
+fn entry_of(s: Box<AccountState>, p: u16, cfg: &Config, existed: bool) -> Entry {
     Entry {
         stored_timer: s.timer_due_ms,
         band_before: s
@@ -710,6 +1245,7 @@ fn entry_of(s: AccountState, p: u16, cfg: &Config, existed: bool) -> Entry {
         partition: p,
         existed,
         dirty: false,
+        written: None,
     }
 }
 

@@ -59,6 +59,8 @@ pub fn wanted(cfg: &Config) -> Vec<(String, i32)> {
     for t in [&o.health_scores, &o.churn_alerts, &o.dlq] {
         v.push((t.clone(), k.output_partitions as i32));
     }
+    // Co-partitioned with the inputs: changelog partition p holds account partition p's state.
+    v.push((k.changelog_topic.clone(), cfg.engine.partitions as i32));
     v
 }
 
@@ -79,11 +81,21 @@ pub fn create(cfg: &Config) -> Result<Vec<(String, i32, String)>, TopicError> {
         .zip(&existing)
         .filter(|(_, e)| e.is_none())
         .map(|((t, p), _)| {
-            NewTopic::new(
+            let topic = NewTopic::new(
                 t,
                 *p,
                 TopicReplication::Fixed(cfg.kafka.replication_factor as i32),
-            )
+            );
+            if *t == cfg.kafka.changelog_topic {
+                // Only the latest record of each key is needed to restore; dedup chunks that
+                // expire are deleted with tombstones, kept a day for restores in progress.
+                topic
+                    .set("cleanup.policy", "compact")
+                    .set("delete.retention.ms", "86400000")
+                    .set("min.compaction.lag.ms", "0")
+            } else {
+                topic
+            }
         })
         .collect();
     let mut results: Vec<(String, i32, String)> = wanted
@@ -161,6 +173,20 @@ pub fn check(cfg: &Config) -> Result<(), TopicError> {
             "the input topics have {first} partitions but engine.partitions is {}; set engine.partitions = {first}.",
             cfg.engine.partitions
         )));
+    }
+    let changelog = cfg.kafka.changelog_topic.as_str();
+    match partition_counts(cfg, &[changelog])?[0] {
+        None => {
+            return Err(TopicError::Invalid(format!(
+                "the changelog topic {changelog} does not exist; create the topics with `rapport topics create --config FILE`, or set kafka.create_topics = true."
+            )));
+        }
+        Some(n) if n != first => {
+            return Err(TopicError::Invalid(format!(
+                "the changelog topic {changelog} has {n} partitions but the input topics have {first}; it must be co-partitioned with them. Create it anew with {first} partitions (cleanup.policy=compact)."
+            )));
+        }
+        Some(_) => {}
     }
     Ok(())
 }

@@ -25,6 +25,7 @@ data_dir = "{data}"
 brokers = "{addr}"
 group_id = "sasl-{suffix}"
 output_partitions = 2
+changelog_topic = "sasl.{suffix}.changelog"
 [kafka.input_topics]
 product_usage = "sasl.{suffix}.usage"
 email = "sasl.{suffix}.email"

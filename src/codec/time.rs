@@ -1,9 +1,9 @@
 //! Times on the wire: RFC 3339 instants and `YYYY-MM-DD` days, to and from the engine's UTC
 //! milliseconds and day numbers. The calendar work is chrono's; this file only picks the formats.
 
-use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Utc};
 
-use crate::domain::event::day_of;
+use crate::domain::event::{DAY_MS, day_of};
 
 /// Parses an RFC 3339 time with a `Z` or numeric offset, fractional seconds allowed, into UTC
 /// milliseconds since the Unix epoch. Digits below the millisecond are dropped (floored).
@@ -70,6 +70,48 @@ fn digits(b: &[u8]) -> Option<u32> {
 /// Values beyond chrono's range (about ±262,000 years) are clamped to it; `parse_rfc3339_ms`
 /// never produces them.
 pub fn format_rfc3339_ms(ms: i64) -> String {
+    let mut out = Vec::with_capacity(24);
+    write_rfc3339_ms(ms, &mut out);
+    String::from_utf8(out).expect("ASCII")
+}
+
+/// [`format_rfc3339_ms`] appended to `out`. Output records carry several of these, so years
+/// 0000–9999 are written digit by digit here (the calendar is still chrono's) rather than
+/// through chrono's formatting machinery; other years take chrono's path.
+pub fn write_rfc3339_ms(ms: i64, out: &mut Vec<u8>) {
+    let day = ms.div_euclid(DAY_MS);
+    let date = i32::try_from(day)
+        .ok()
+        .and_then(NaiveDate::from_epoch_days)
+        .filter(|d| (0..=9999).contains(&d.year()));
+    let Some(date) = date else {
+        out.extend_from_slice(format_rfc3339_ms_chrono(ms).as_bytes());
+        return;
+    };
+    let in_day = ms.rem_euclid(DAY_MS);
+    let (secs, milli) = (in_day / 1000, in_day % 1000);
+    let two = |out: &mut Vec<u8>, v: u32| out.extend_from_slice(&[b'0' + (v / 10) as u8, b'0' + (v % 10) as u8]);
+    let y = date.year() as u32;
+    two(out, y / 100);
+    two(out, y % 100);
+    out.push(b'-');
+    two(out, date.month());
+    out.push(b'-');
+    two(out, date.day());
+    out.push(b'T');
+    two(out, (secs / 3600) as u32);
+    out.push(b':');
+    two(out, (secs / 60 % 60) as u32);
+    out.push(b':');
+    two(out, (secs % 60) as u32);
+    if milli != 0 {
+        let m = milli as u32;
+        out.extend_from_slice(&[b'.', b'0' + (m / 100) as u8, b'0' + (m / 10 % 10) as u8, b'0' + (m % 10) as u8]);
+    }
+    out.push(b'Z');
+}
+
+fn format_rfc3339_ms_chrono(ms: i64) -> String {
     let t = DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or(if ms < 0 {
         DateTime::<Utc>::MIN_UTC
     } else {
@@ -162,6 +204,34 @@ mod tests {
         // Clamped rather than panicking.
         assert!(!format_rfc3339_ms(i64::MAX).is_empty());
         assert!(!format_rfc3339_ms(i64::MIN).is_empty());
+    }
+
+    proptest::proptest! {
+        /// The digit-by-digit writer agrees with chrono's formatting everywhere.
+        #[test]
+        fn writer_agrees_with_chrono(ms in proptest::prop_oneof![
+            -62_167_219_200_000i64..253_402_300_800_000,
+            proptest::num::i64::ANY,
+        ]) {
+            proptest::prop_assert_eq!(format_rfc3339_ms(ms), format_rfc3339_ms_chrono(ms));
+        }
+    }
+
+    #[test]
+    fn writer_agrees_with_chrono_at_the_edges() {
+        for ms in [
+            0,
+            -1,
+            999,
+            -62_167_219_200_000,
+            -62_167_219_200_001,
+            253_402_300_799_999,
+            253_402_300_800_000,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            assert_eq!(format_rfc3339_ms(ms), format_rfc3339_ms_chrono(ms), "{ms}");
+        }
     }
 
     #[test]

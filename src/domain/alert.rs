@@ -121,6 +121,36 @@ pub fn check(
     max_recent: u32,
     cfg: &Config,
 ) -> Check {
+    verdict(rule, s, w, now_ms, score, max_recent, cfg, true)
+}
+
+/// [`check`], with the evidence and message of a firing rule left empty unless `explain`: most
+/// evaluations of a firing rule find its alert already open and need only the verdict, while the
+/// sentences cost more than the rule itself.
+#[allow(clippy::too_many_arguments)]
+pub fn verdict(
+    rule: Rule,
+    s: &AccountState,
+    w: &Windows,
+    now_ms: i64,
+    score: u32,
+    max_recent: u32,
+    cfg: &Config,
+    explain: bool,
+) -> Check {
+    let firing = |episode_start_ms: i64,
+                  describe: &dyn Fn() -> (Vec<(&'static str, String)>, String)| {
+        let (evidence, message) = if explain {
+            describe()
+        } else {
+            (Vec::new(), String::new())
+        };
+        Check::Firing(Firing {
+            episode_start_ms,
+            evidence,
+            message,
+        })
+    };
     let a = &cfg.alerts;
     let old_enough = now_ms - s.first_seen_ms >= a.min_account_age_days as i64 * DAY_MS;
     match rule {
@@ -143,17 +173,18 @@ pub fn check(
             let ratio = w.last7 / w.weekly_avg28;
             if ratio < r.drop_ratio {
                 let pct = (1.0 - ratio) * 100.0;
-                Check::Firing(Firing {
-                    episode_start_ms: now_ms,
-                    evidence: vec![
-                        ("usage_last_7d", format!("{:.0}", w.last7)),
-                        ("weekly_average_28d", format!("{:.1}", w.weekly_avg28)),
-                        ("change_pct", format!("{:.0}", -pct)),
-                    ],
-                    message: format!(
-                        "Product usage down {pct:.0}% against its 28-day average: {:.0} events in the last 7 days vs {:.0} a week before.",
-                        w.last7, w.weekly_avg28
-                    ),
+                firing(now_ms, &|| {
+                    (
+                        vec![
+                            ("usage_last_7d", format!("{:.0}", w.last7)),
+                            ("weekly_average_28d", format!("{:.1}", w.weekly_avg28)),
+                            ("change_pct", format!("{:.0}", -pct)),
+                        ],
+                        format!(
+                            "Product usage down {pct:.0}% against its 28-day average: {:.0} events in the last 7 days vs {:.0} a week before.",
+                            w.last7, w.weekly_avg28
+                        ),
+                    )
                 })
             } else if ratio >= r.resolve_ratio {
                 Check::Clear
@@ -169,20 +200,21 @@ pub fn check(
             }
             let idle = now_ms - s.last_usage_ms;
             if idle >= days * DAY_MS {
-                Check::Firing(Firing {
-                    episode_start_ms: s.last_usage_ms + days * DAY_MS,
-                    evidence: vec![
-                        (
-                            "last_usage_at",
-                            crate::codec::time::format_rfc3339_ms(s.last_usage_ms),
+                firing(s.last_usage_ms + days * DAY_MS, &|| {
+                    (
+                        vec![
+                            (
+                                "last_usage_at",
+                                crate::codec::time::format_rfc3339_ms(s.last_usage_ms),
+                            ),
+                            ("days_without_usage", (idle / DAY_MS).to_string()),
+                        ],
+                        format!(
+                            "No product usage for {} days (since {}).",
+                            idle / DAY_MS,
+                            crate::codec::time::format_day(day_of(s.last_usage_ms))
                         ),
-                        ("days_without_usage", (idle / DAY_MS).to_string()),
-                    ],
-                    message: format!(
-                        "No product usage for {} days (since {}).",
-                        idle / DAY_MS,
-                        crate::codec::time::format_day(day_of(s.last_usage_ms))
-                    ),
+                    )
                 })
             } else {
                 Check::Clear
@@ -194,6 +226,7 @@ pub fn check(
             a.negative_call.window_days,
             now_ms,
             "call",
+            explain,
         ),
         Rule::EmailTrouble => window(
             s.email_risk_ms,
@@ -201,6 +234,7 @@ pub fn check(
             a.email_trouble.window_days,
             now_ms,
             "email",
+            explain,
         ),
         Rule::DealLost => window(
             s.deal_loss_ms,
@@ -208,6 +242,7 @@ pub fn check(
             a.deal_lost.window_days,
             now_ms,
             "deal",
+            explain,
         ),
         Rule::RenewalAtRisk => {
             let r = &a.renewal_at_risk;
@@ -222,20 +257,21 @@ pub fn check(
                 })
                 .min_by_key(|d| d.close_day);
             match renewal {
-                Some(d) if old_enough && score < r.score_below => Check::Firing(Firing {
-                    episode_start_ms: now_ms,
-                    evidence: vec![
-                        ("deal_id", d.deal_id.clone()),
-                        ("renewal_date", crate::codec::time::format_day(d.close_day)),
-                        ("days_to_renewal", (d.close_day - today).to_string()),
-                        ("arr", format!("{:.0}", s.arr)),
-                    ],
-                    message: format!(
-                        "Renewal {} worth {} is due in {} days and the health score is {score}.",
-                        d.deal_id,
-                        money(if d.amount > 0.0 { d.amount } else { s.arr }),
-                        d.close_day - today
-                    ),
+                Some(d) if old_enough && score < r.score_below => firing(now_ms, &|| {
+                    (
+                        vec![
+                            ("deal_id", d.deal_id.clone()),
+                            ("renewal_date", crate::codec::time::format_day(d.close_day)),
+                            ("days_to_renewal", (d.close_day - today).to_string()),
+                            ("arr", format!("{:.0}", s.arr)),
+                        ],
+                        format!(
+                            "Renewal {} worth {} is due in {} days and the health score is {score}.",
+                            d.deal_id,
+                            money(if d.amount > 0.0 { d.amount } else { s.arr }),
+                            d.close_day - today
+                        ),
+                    )
                 }),
                 // Leave some room above the threshold before calling the risk gone.
                 Some(_) if score < r.score_below + 5 => Check::Hold,
@@ -251,24 +287,25 @@ pub fn check(
             let drop = max_recent.saturating_sub(score);
             let into_red = score < yellow && max_recent >= yellow;
             if drop >= r.points || into_red {
-                Check::Firing(Firing {
-                    episode_start_ms: now_ms,
-                    evidence: vec![
-                        ("score", score.to_string()),
-                        ("highest_recent", max_recent.to_string()),
-                        ("window_days", r.window_days.to_string()),
-                    ],
-                    message: if into_red {
-                        format!(
-                            "Health score fell into red: {score}, down from {max_recent} within {} days.",
-                            r.window_days
-                        )
-                    } else {
-                        format!(
-                            "Health score dropped {drop} points within {} days: {max_recent} → {score}.",
-                            r.window_days
-                        )
-                    },
+                firing(now_ms, &|| {
+                    (
+                        vec![
+                            ("score", score.to_string()),
+                            ("highest_recent", max_recent.to_string()),
+                            ("window_days", r.window_days.to_string()),
+                        ],
+                        if into_red {
+                            format!(
+                                "Health score fell into red: {score}, down from {max_recent} within {} days.",
+                                r.window_days
+                            )
+                        } else {
+                            format!(
+                                "Health score dropped {drop} points within {} days: {max_recent} → {score}.",
+                                r.window_days
+                            )
+                        },
+                    )
                 })
             } else if drop < r.resolve_points && score >= yellow {
                 Check::Clear
@@ -279,15 +316,30 @@ pub fn check(
     }
 }
 
-fn window(trigger_ms: i64, detail: &str, days: u32, now_ms: i64, what: &'static str) -> Check {
+fn window(
+    trigger_ms: i64,
+    detail: &str,
+    days: u32,
+    now_ms: i64,
+    what: &'static str,
+    explain: bool,
+) -> Check {
     if trigger_ms > 0 && now_ms >= trigger_ms && now_ms - trigger_ms < days as i64 * DAY_MS {
         Check::Firing(Firing {
             episode_start_ms: trigger_ms,
-            evidence: vec![
-                ("at", crate::codec::time::format_rfc3339_ms(trigger_ms)),
-                ("source", what.to_owned()),
-            ],
-            message: detail.to_owned(),
+            evidence: if explain {
+                vec![
+                    ("at", crate::codec::time::format_rfc3339_ms(trigger_ms)),
+                    ("source", what.to_owned()),
+                ]
+            } else {
+                Vec::new()
+            },
+            message: if explain {
+                detail.to_owned()
+            } else {
+                String::new()
+            },
         })
     } else {
         Check::Clear

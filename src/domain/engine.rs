@@ -156,13 +156,18 @@ pub fn evaluate(
         }
         let open_idx = s.open_alerts.iter().position(|a| a.rule == rule.name());
         match (
-            alert::check(rule, s, &w, now_ms, sc, max_recent, cfg),
+            alert::verdict(rule, s, &w, now_ms, sc, max_recent, cfg, false),
             open_idx,
         ) {
-            (Check::Firing(f), None) => {
+            (Check::Firing(_), None) => {
                 if s.cooldowns.iter().any(|c| c.rule == rule.name()) {
                     continue;
                 }
+                // Opening: now the evidence and the message are needed.
+                let Check::Firing(f) = alert::check(rule, s, &w, now_ms, sc, max_recent, cfg)
+                else {
+                    unreachable!("the same rule on the same state gives the same verdict")
+                };
                 let id = alert::alert_id(&s.account_id, rule, f.episode_start_ms);
                 let evidence: Vec<(String, String)> = f
                     .evidence

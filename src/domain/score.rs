@@ -127,8 +127,16 @@ pub fn windows(s: &AccountState, now_ms: i64) -> Windows {
     let today = day_of(now_ms);
     let mut w = Windows::default();
     let (mut last7, mut prior) = (0u32, 0u32);
-    for b in buckets_in(s, today - 59, today) {
+    // Buckets are sorted by day: walk back from the newest and stop at the window's start,
+    // rather than filtering all 90 days on every evaluation.
+    for b in s.days.iter().rev() {
         let age = today - (s.base_day + b.day as i32);
+        if age < 0 {
+            continue;
+        }
+        if age > 59 {
+            break;
+        }
         if age < 7 {
             last7 += b.usage_events;
         } else if age < 35 {

@@ -127,6 +127,11 @@ impl Sink for FileSink {
         let kind = OutputKind::from_u32(rec.kind).ok_or_else(|| {
             SinkError::Other(format!("outbox record {seq} has unknown kind {}", rec.kind))
         })?;
+        if kind == OutputKind::Changelog {
+            // Embedded mode keeps its state in its own store; a changelog has no reader here.
+            self.sent_through = seq + 1;
+            return Ok(());
+        }
         let mut line = std::mem::take(&mut self.line);
         line.clear();
         match kind {

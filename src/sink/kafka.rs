@@ -39,8 +39,11 @@ struct Deliveries {
 pub struct Failed {
     topic: String,
     key: Option<Vec<u8>>,
-    payload: Vec<u8>,
+    /// `None`: a tombstone.
+    payload: Option<Vec<u8>>,
     headers: Vec<(String, Vec<u8>)>,
+    /// The partition it went to (changelog records name theirs), or -1.
+    partition: i32,
 }
 
 pub struct DeliveryContext {
@@ -80,8 +83,9 @@ impl ProducerContext for DeliveryContext {
                     Failed {
                         topic: m.topic().to_owned(),
                         key: m.key().map(<[u8]>::to_vec),
-                        payload: m.payload().unwrap_or(&[]).to_vec(),
+                        payload: m.payload().map(<[u8]>::to_vec),
                         headers,
+                        partition: m.partition(),
                     },
                 ));
                 d.last_error = Some(e.to_string());
@@ -93,7 +97,8 @@ impl ProducerContext for DeliveryContext {
 pub struct KafkaSink {
     producer: BaseProducer<DeliveryContext>,
     deliveries: Arc<Mutex<Deliveries>>,
-    topics: [String; 3],
+    /// Health scores, churn alerts, dead letters, changelog: by `OutputKind`.
+    topics: [String; 4],
     /// Sent and not yet delivered, by sequence number (kept to resend on failure).
     in_flight: BTreeSet<u64>,
     next_seq: u64,
@@ -128,6 +133,7 @@ impl KafkaSink {
                 t.health_scores.clone(),
                 t.churn_alerts.clone(),
                 t.dlq.clone(),
+                cfg.kafka.changelog_topic.clone(),
             ],
             in_flight: BTreeSet::new(),
             next_seq: 0,
@@ -139,6 +145,9 @@ impl KafkaSink {
             SinkError::Other(format!("outbox record {seq} has unknown kind {}", rec.kind))
         })?;
         let topic = &self.topics[kind as usize];
+        if kind == OutputKind::Changelog {
+            return self.produce_changelog(seq, rec);
+        }
         // Dead letters carry why and where from: reason, detail, source_topic,
         // source_partition, source_offset (and original_length when truncated).
         let mut headers = OwnedHeaders::new();
@@ -186,6 +195,40 @@ impl KafkaSink {
         }
     }
 
+    /// A changelog record goes to the account partition's own changelog partition, keyed by its
+    /// changelog key, with its writer header; a tombstone has no value.
+    fn produce_changelog(&mut self, seq: u64, rec: &OutboxRecord) -> Result<(), SinkError> {
+        let topic = &self.topics[OutputKind::Changelog as usize];
+        let tombstone = rec
+            .headers
+            .contains_key(crate::changelog::TOMBSTONE_HEADER);
+        let mut headers = OwnedHeaders::new();
+        if let Some(w) = rec.headers.get(crate::changelog::WRITER_HEADER) {
+            headers = headers.insert(Header {
+                key: crate::changelog::WRITER_HEADER,
+                value: Some(w),
+            });
+        }
+        loop {
+            let mut r = BaseRecord::with_opaque_to(topic, Box::new(seq))
+                .key(&rec.key)
+                .partition(rec.partition)
+                .headers(headers.clone());
+            if !tombstone {
+                r = r.payload(&rec.payload);
+            }
+            match self.producer.send(r) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    self.producer.poll(Duration::from_millis(50));
+                }
+                Err((e, _)) => {
+                    return Err(SinkError::Other(format!("cannot produce to {topic}: {e}")));
+                }
+            }
+        }
+    }
+
     /// Serves delivery reports; resends failures. Returns the lowest undelivered sequence.
     fn settle(&mut self) -> Result<u64, SinkError> {
         self.producer.poll(Duration::ZERO);
@@ -223,11 +266,16 @@ impl KafkaSink {
             });
         }
         loop {
-            let mut r = BaseRecord::with_opaque_to(&f.topic, Box::new(seq))
-                .payload(&f.payload)
-                .headers(headers.clone());
+            let mut r =
+                BaseRecord::with_opaque_to(&f.topic, Box::new(seq)).headers(headers.clone());
+            if let Some(v) = &f.payload {
+                r = r.payload(v);
+            }
             if let Some(k) = &f.key {
                 r = r.key(k);
+            }
+            if f.partition >= 0 {
+                r = r.partition(f.partition);
             }
             match self.producer.send(r) {
                 Ok(()) => return Ok(()),

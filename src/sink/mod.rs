@@ -13,6 +13,8 @@ pub enum OutputKind {
     HealthScore = 0,
     ChurnAlert = 1,
     DeadLetter = 2,
+    /// A changelog record (see [`crate::changelog`]); never given to a file sink.
+    Changelog = 3,
 }
 
 impl OutputKind {
@@ -21,6 +23,7 @@ impl OutputKind {
             0 => Some(OutputKind::HealthScore),
             1 => Some(OutputKind::ChurnAlert),
             2 => Some(OutputKind::DeadLetter),
+            3 => Some(OutputKind::Changelog),
             _ => None,
         }
     }

@@ -1,28 +1,36 @@
-//! Kafka as a source: one consumer group over the four co-partitioned input topics.
+//! Kafka as a source: the consumer group decides which account partitions are ours; a second,
+//! groupless consumer reads the four co-partitioned input topics of those partitions.
 //!
-//! Positions live in RocksDB with the state (column family `offsets`, key
-//! `kafka:<topic>:<partition>`); on assignment the consumer is positioned from there, never
-//! from the group's committed offsets. Offsets are committed to the group too, asynchronously,
-//! only so that standard lag tooling sees progress: a failed commit there is a warning.
+//! **Membership.** The group's consumer subscribes to the changelog topic alone (it has one
+//! partition per account partition): being given changelog partition `p` means owning account
+//! partition `p`, with all four input topics' partition `p`. That keeps every account's events
+//! on one instance whatever the assignor, so the cooperative (incremental) protocol and static
+//! membership (`group.instance.id`) can be used: a rebalance stops only the partitions that
+//! move, and a restarted instance gets its own back. The group's consumer never reads: its
+//! partitions are paused as soon as they are assigned.
 //!
-//! The range assignor gives every instance the same partition numbers of every input topic (the
-//! topics have the same partition count), so all of an account's events reach one instance.
-//! Rebalance callbacks run inside `poll`, on the pipeline's thread, between batches: a revoked
-//! partition's records still waiting in the batch being filled are dropped (the new owner reads
-//! them from its own stored position) and the partition stops counting as ours at once.
+//! **Reading.** A partition the group gives us is not read until the run loop *activates* it —
+//! at once if our local state is up to date with its changelog, after a restore otherwise
+//! ([`crate::changelog`]). Activation assigns its four topic partitions to the reading consumer
+//! at the positions stored with the state. Positions live in RocksDB with the state (column
+//! family `offsets`); they are committed to the group too, asynchronously, only so that
+//! standard lag tooling sees progress: a failed commit there is a warning.
 //!
-//! A partition that moves to an instance without local state for it is rebuilt there from the
-//! earliest offset the topics still hold (state that follows its partitions through a changelog
-//! is the scale-out work built on top of this).
+//! **Revocation** runs inside the group consumer's poll, on the pipeline's thread, between
+//! batches: the revoke hook publishes what the partition's committed batches still owe the
+//! changelog, the partition stops counting as ours at once, and its records still waiting in
+//! the batch being filled are dropped (the new owner reads them from the changelog's
+//! checkpoint). Its local state stays here: it may come back.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use prost::Message as _;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol,
+};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
@@ -32,8 +40,6 @@ use tracing::{info, warn};
 
 use super::{InputBatch, Poll, RecordMeta, Source, SourceError};
 use crate::config::Config;
-use crate::pb::SourcePosition;
-use crate::store::{Cf, Store};
 use crate::telemetry::kafka_stats;
 
 /// The position key of a topic partition.
@@ -41,26 +47,40 @@ pub fn position_key(topic: &str, partition: i32) -> String {
     format!("kafka:{topic}:{partition}")
 }
 
+/// Called inside a revocation, before the partitions stop being ours.
+pub type RevokeHook = Box<dyn FnMut(&[u16]) + Send>;
+
 /// What rebalances did, shared between the consumer's callbacks and the source.
 #[derive(Default)]
 pub struct Ownership {
-    /// Partition numbers currently assigned.
+    /// Partitions the group has given us (read or not yet).
+    pub group: BTreeSet<u16>,
+    /// Partitions being read: activated after their state was found up to date or restored.
     pub owned: BTreeSet<u16>,
-    /// (topic, partition) that reached the end of the log since assignment.
+    /// Partitions the group gave us since the run loop last looked, in order.
+    pub assigned: Vec<u16>,
+    /// Partitions the group took away since the run loop last looked.
+    pub revoked: Vec<u16>,
+    /// (topic, partition) that reached the end of the log since activation.
     pub at_end: HashSet<(String, i32)>,
-    /// Where each assigned (topic, partition) started: the stored position, or None (earliest).
+    /// Where each active (topic, partition) started: the stored position, or None (earliest).
     pub start: HashMap<(String, i32), Option<i64>>,
     /// Set when a revocation happened during the current poll.
     pub revoked_since_poll: bool,
     pub rebalances: u64,
+    /// Set once the group has assigned us partitions for the first time.
+    pub joined: bool,
 }
 
-pub struct RapportConsumerContext {
-    store: Arc<dyn Store>,
+pub struct MemberContext {
     pub ownership: Arc<Mutex<Ownership>>,
+    on_revoke: Mutex<Option<RevokeHook>>,
 }
 
-impl ClientContext for RapportConsumerContext {
+/// The reading consumer's context: statistics and errors only.
+pub struct ReaderContext;
+
+impl ClientContext for ReaderContext {
     fn stats(&self, stats: Statistics) {
         kafka_stats::record_consumer(&stats);
     }
@@ -70,71 +90,91 @@ impl ClientContext for RapportConsumerContext {
     }
 }
 
-impl ConsumerContext for RapportConsumerContext {
+impl ConsumerContext for ReaderContext {}
+
+impl ClientContext for MemberContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        crate::telemetry::kafka_stats::client_error("consume", &error, reason);
+    }
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> BTreeSet<u16> {
+    tpl.elements().iter().map(|e| e.partition() as u16).collect()
+}
+
+impl ConsumerContext for MemberContext {
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                // Start every partition at the position stored with our state.
-                let mut partitions = Vec::new();
-                for e in tpl.elements() {
-                    let key = position_key(e.topic(), e.partition());
-                    let offset = match self.store.get(Cf::Offsets, key.as_bytes()) {
-                        Ok(Some(v)) => SourcePosition::decode(v.as_slice())
-                            .map(|p| Offset::Offset(p.next as i64))
-                            .unwrap_or(Offset::Beginning),
-                        _ => Offset::Beginning,
-                    };
-                    partitions.push((e.topic().to_owned(), e.partition(), offset));
+                let r = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = r {
+                    warn!(error = %e, "Taking the group's assignment failed.");
                 }
-                for (t, p, o) in &partitions {
-                    let _ = tpl.set_partition_offset(t, *p, *o);
-                }
-                if let Err(e) = consumer.assign(tpl) {
-                    warn!(error = %e, "Assigning partitions failed.");
-                }
+                // This consumer only holds membership; nothing is read through it.
+                let _ = consumer.pause(tpl);
+                let parts = partitions_of(tpl);
                 let mut own = self.ownership.lock().unwrap();
                 own.rebalances += 1;
-                for (t, p, o) in &partitions {
-                    own.owned.insert(*p as u16);
-                    own.at_end.remove(&(t.clone(), *p));
-                    let start = match o {
-                        Offset::Offset(n) => Some(*n),
-                        _ => None,
-                    };
-                    own.start.insert((t.clone(), *p), start);
+                own.joined = true;
+                for p in &parts {
+                    if own.group.insert(*p) {
+                        own.assigned.push(*p);
+                    }
                 }
-                let list: Vec<String> = partitions
-                    .iter()
-                    .map(|(t, p, o)| format!("{t}/{p}@{o:?}"))
-                    .collect();
-                info!(partitions = %list.join(", "), "Partitions assigned; resuming from the positions stored with the state.");
+                drop(own);
+                info!(partitions = ?parts, cooperative, "Partitions assigned by the group.");
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let parts: Vec<u16> = partitions_of(tpl).into_iter().collect();
+                // Publish what the partitions still owe their changelog while they are ours.
+                if let Some(hook) = self.on_revoke.lock().unwrap().as_mut() {
+                    hook(&parts);
+                }
                 let mut own = self.ownership.lock().unwrap();
                 own.rebalances += 1;
                 own.revoked_since_poll = true;
-                let revoked: BTreeSet<u16> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| e.partition() as u16)
-                    .collect();
-                own.owned.retain(|p| !revoked.contains(p));
-                own.at_end.retain(|(_, p)| !revoked.contains(&(*p as u16)));
-                drop(own);
-                if let Err(e) = consumer.unassign() {
-                    warn!(error = %e, "Unassigning partitions failed.");
+                for p in &parts {
+                    own.group.remove(p);
+                    own.owned.remove(p);
+                    own.assigned.retain(|a| a != p);
+                    own.revoked.push(*p);
                 }
-                info!(partitions = ?revoked, "Partitions revoked; their committed state stays here.");
+                own.at_end.retain(|(_, p)| !parts.contains(&(*p as u16)));
+                drop(own);
+                let r = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = r {
+                    warn!(error = %e, "Giving partitions back to the group failed.");
+                }
+                info!(partitions = ?parts, "Partitions revoked; their committed state stays here.");
             }
             _ => {
                 warn!(error = ?err, "Rebalance error.");
-                let _ = consumer.unassign();
-                self.ownership.lock().unwrap().owned.clear();
+                let _ = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                let mut own = self.ownership.lock().unwrap();
+                let all: Vec<u16> = own.group.iter().copied().collect();
+                own.group.clear();
+                own.owned.clear();
+                own.assigned.clear();
+                own.revoked.extend(all);
+                own.revoked_since_poll = true;
             }
         }
         crate::telemetry::kafka_stats::rebalanced();
@@ -196,10 +236,14 @@ pub fn redacted(c: &ClientConfig) -> Vec<(String, String)> {
 }
 
 pub struct KafkaSource {
-    consumer: BaseConsumer<RapportConsumerContext>,
+    /// The group member (subscribed to the changelog topic; reads nothing).
+    member: BaseConsumer<MemberContext>,
+    /// Reads the input topic partitions of the active account partitions (manual assignment).
+    consumer: BaseConsumer<ReaderContext>,
     keys: Vec<String>,
     index: HashMap<(String, i32), u32>,
     topics: Vec<String>,
+    changelog_topic: String,
     ownership: Arc<Mutex<Ownership>>,
     /// Partitions paused for backpressure.
     paused: bool,
@@ -216,24 +260,57 @@ pub struct KafkaSource {
     merge_wait: Duration,
 }
 
+/// The group consumer's settings: membership (static when `group_instance_id` is set), the
+/// rebalance protocol, and no reading.
+pub fn member_config(cfg: &Config) -> ClientConfig {
+    let k = &cfg.kafka;
+    let mut c = client_config(cfg);
+    c.set("group.id", &k.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "latest")
+        .set("session.timeout.ms", k.session_timeout_ms.to_string())
+        .set(
+            "partition.assignment.strategy",
+            if k.assignment == "cooperative" {
+                "cooperative-sticky"
+            } else {
+                "range"
+            },
+        )
+        // It never reads; keep what it might prefetch before its pause tiny.
+        .set("queued.max.messages.kbytes", "64")
+        .set("fetch.max.bytes", "65536")
+        .set("max.partition.fetch.bytes", "65536");
+    if !k.group_instance_id.is_empty() {
+        c.set("group.instance.id", &k.group_instance_id);
+    }
+    c
+}
+
 impl KafkaSource {
-    pub fn new(cfg: &Config, store: Arc<dyn Store>) -> Result<KafkaSource, SourceError> {
+    pub fn new(cfg: &Config) -> Result<KafkaSource, SourceError> {
         let ownership = Arc::new(Mutex::new(Ownership::default()));
-        let ctx = RapportConsumerContext {
-            store,
-            ownership: Arc::clone(&ownership),
-        };
+        let m = member_config(cfg);
+        info!(settings = ?redacted(&m), "Joining the consumer group.");
+        let member: BaseConsumer<MemberContext> = m
+            .create_with_context(MemberContext {
+                ownership: Arc::clone(&ownership),
+                on_revoke: Mutex::new(None),
+            })
+            .map_err(|e| {
+                SourceError::Config(format!(
+                    "cannot create the Kafka consumer: {e}. Check the kafka section of the config."
+                ))
+            })?;
         let mut c = client_config(cfg);
-        c.set("group.id", &cfg.kafka.group_id)
+        c.set("group.id", format!("{}-reader", cfg.kafka.group_id))
             .set("statistics.interval.ms", "5000")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            // Same partition numbers of every input topic on one instance.
-            .set("partition.assignment.strategy", "range");
-        info!(settings = ?redacted(&c), "Starting the Kafka consumer.");
-        let consumer: BaseConsumer<RapportConsumerContext> =
-            c.create_with_context(ctx).map_err(|e| {
+            .set("auto.offset.reset", "earliest");
+        let consumer: BaseConsumer<ReaderContext> =
+            c.create_with_context(ReaderContext).map_err(|e| {
                 SourceError::Config(format!(
                     "cannot create the Kafka consumer: {e}. Check the kafka section of the config."
                 ))
@@ -255,10 +332,12 @@ impl KafkaSource {
         }
         let n_keys = keys.len();
         Ok(KafkaSource {
+            member,
             consumer,
             keys,
             index,
             topics,
+            changelog_topic: cfg.kafka.changelog_topic.clone(),
             ownership,
             paused: false,
             last_group_commit: Instant::now(),
@@ -277,7 +356,104 @@ impl KafkaSource {
         Arc::clone(&self.ownership)
     }
 
-    /// Owned partitions whose every input topic has been read to its end since assignment:
+    /// Sets what runs inside a revocation, before the partitions stop being ours.
+    pub fn set_revoke_hook(&self, hook: RevokeHook) {
+        *self.member.context().on_revoke.lock().unwrap() = Some(hook);
+    }
+
+    /// The position keys of account partition `p`'s input topic partitions.
+    pub fn keys_of(&self, p: u16) -> Vec<String> {
+        self.topics.iter().map(|t| position_key(t, p as i32)).collect()
+    }
+
+    /// Starts reading partition `p` from `positions` (position key → next offset; a missing
+    /// key starts at the earliest offset).
+    pub fn activate(&mut self, p: u16, positions: &[(String, Option<u64>)]) {
+        let mut own = self.ownership.lock().unwrap();
+        if !own.group.contains(&p) {
+            return;
+        }
+        own.owned.insert(p);
+        for t in &self.topics {
+            let tp = (t.clone(), p as i32);
+            let key = position_key(t, p as i32);
+            let start = positions
+                .iter()
+                .find(|(k, _)| *k == key)
+                .and_then(|(_, v)| *v)
+                .map(|v| v as i64);
+            own.at_end.remove(&tp);
+            own.start.insert(tp.clone(), start);
+            if let Some(&idx) = self.index.get(&tp) {
+                self.fetched.remove(&idx);
+                self.handed.remove(&idx);
+                self.buffered -= self.pending[idx as usize].len();
+                self.pending[idx as usize].clear();
+            }
+        }
+        drop(own);
+        self.reassign();
+        let list: Vec<String> = positions
+            .iter()
+            .map(|(k, v)| format!("{k}@{}", v.map_or("earliest".to_owned(), |v| v.to_string())))
+            .collect();
+        info!(partition = p, positions = %list.join(", "), "Partition active; reading from the positions stored with its state.");
+    }
+
+    /// Gives the reading consumer the topic partitions of every active partition, each at the
+    /// next offset not yet fetched (or where it started).
+    fn reassign(&mut self) {
+        let own = self.ownership.lock().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in &own.owned {
+            for t in &self.topics {
+                let tp = (t.clone(), *p as i32);
+                let idx = self.index.get(&tp).copied();
+                let next = idx
+                    .and_then(|i| self.fetched.get(&i).copied())
+                    .or_else(|| own.start.get(&tp).copied().flatten());
+                let offset = next.map_or(Offset::Beginning, Offset::Offset);
+                let _ = tpl.add_partition_offset(t, *p as i32, offset);
+            }
+        }
+        drop(own);
+        if let Err(e) = self.consumer.assign(&tpl) {
+            warn!(error = %e, "Assigning input partitions failed.");
+        }
+        if self.paused && tpl.count() > 0 {
+            let _ = self.consumer.pause(&tpl);
+        }
+    }
+
+    /// Stops reading the partitions the group took away (the revocation itself already
+    /// stopped their records from being handed out).
+    fn drop_revoked(&mut self) {
+        let owned = self.ownership.lock().unwrap().owned.clone();
+        let keys = &self.keys;
+        let gone = |idx: &u32| !owned.contains(&(split_key(&keys[*idx as usize]).1 as u16));
+        let mut changed = false;
+        for (idx, q) in self.pending.iter_mut().enumerate() {
+            if gone(&(idx as u32)) && !q.is_empty() {
+                self.buffered -= q.len();
+                q.clear();
+            }
+        }
+        let before = self.fetched.len();
+        self.fetched.retain(|i, _| !gone(i));
+        changed |= before != self.fetched.len();
+        self.handed.retain(|i, _| !gone(i));
+        if let Ok(a) = self.consumer.assignment() {
+            changed |= a
+                .elements()
+                .iter()
+                .any(|e| !owned.contains(&(e.partition() as u16)));
+        }
+        if changed {
+            self.reassign();
+        }
+    }
+
+    /// Active partitions whose every input topic has been read to its end since activation:
     /// their timers may fire on the wall clock (no false "gone dark" while catching up).
     pub fn caught_up(&self) -> Vec<u16> {
         let mut own = self.ownership.lock().unwrap();
@@ -317,7 +493,27 @@ impl KafkaSource {
             .collect()
     }
 
-    /// Pauses or resumes every assigned partition (backpressure from the outbox).
+    /// Per active (topic, partition): the next offset to process and the cached high watermark.
+    pub fn lag(&self) -> Vec<(String, i32, Option<i64>, Option<i64>)> {
+        let own = self.ownership.lock().unwrap();
+        let mut v = Vec::new();
+        for p in &own.owned {
+            for t in &self.topics {
+                let tp = (t.clone(), *p as i32);
+                let marks = cached_watermarks(&self.consumer, t, *p as i32);
+                let next = self
+                    .index
+                    .get(&tp)
+                    .and_then(|i| self.handed.get(i).copied())
+                    .or_else(|| own.start.get(&tp).copied().flatten())
+                    .or(marks.map(|(low, _)| low));
+                v.push((t.clone(), *p as i32, next, marks.map(|(_, h)| h)));
+            }
+        }
+        v
+    }
+
+    /// Pauses or resumes every active partition (backpressure from the outbox).
     pub fn set_paused(&mut self, paused: bool) {
         if paused == self.paused {
             return;
@@ -371,30 +567,45 @@ impl KafkaSource {
             } else {
                 CommitMode::Async
             };
-            if let Err(e) = self.consumer.commit(&tpl, mode) {
+            if let Err(e) = self.member.commit(&tpl, mode) {
                 warn!(error = %e, "Committing offsets to the consumer group failed (positions are safe in the store).");
             }
         }
     }
 
-    /// Subscribes to the input topics.
+    /// Joins the group (subscribes its consumer to the changelog topic).
     pub fn subscribe(&self) -> Result<(), SourceError> {
-        let t: Vec<&str> = self.topics.iter().map(String::as_str).collect();
-        self.consumer
-            .subscribe(&t)
-            .map_err(|e| SourceError::Config(format!("cannot subscribe to {t:?}: {e}")))
+        self.member
+            .subscribe(&[self.changelog_topic.as_str()])
+            .map_err(|e| {
+                SourceError::Config(format!(
+                    "cannot join the group through topic {}: {e}",
+                    self.changelog_topic
+                ))
+            })
     }
 
-    /// Leaves the group cleanly.
+    /// Serves the group consumer: rebalance callbacks run here.
+    pub fn serve_group(&mut self, wait: Duration) {
+        // It is paused and reads nothing; whatever arrives is dropped.
+        let _ = self.member.poll(wait);
+        if self.ownership.lock().unwrap().revoked_since_poll {
+            self.drop_revoked();
+        }
+    }
+
+    /// Leaves the group cleanly (a static member stays in it until its session times out, so
+    /// that its restart does not move its partitions).
     pub fn close(&mut self) {
         self.commit_to_group(true);
-        self.consumer.unsubscribe();
+        self.member.unsubscribe();
+        let _ = self.member.poll(Duration::from_millis(100));
     }
 }
 
 /// librdkafka's cached (low, high) watermarks of a partition, when known.
 fn cached_watermarks(
-    c: &BaseConsumer<RapportConsumerContext>,
+    c: &BaseConsumer<ReaderContext>,
     topic: &str,
     partition: i32,
 ) -> Option<(i64, i64)> {
@@ -427,7 +638,7 @@ impl Source for KafkaSource {
     }
 
     fn resume(&mut self, _positions: &HashMap<String, u64>) -> Result<(), SourceError> {
-        // Positions are applied per partition when the group assigns them.
+        // Positions are applied per partition when it is activated.
         self.subscribe()
     }
 
@@ -439,6 +650,7 @@ impl Source for KafkaSource {
     ) -> Result<Poll, SourceError> {
         let deadline = Instant::now() + wait;
         self.ownership.lock().unwrap().revoked_since_poll = false;
+        self.serve_group(Duration::ZERO);
         // 1. Fetch into the per-topic-partition queues.
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

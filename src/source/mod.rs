@@ -1,6 +1,7 @@
 //! Where input records come from. A source fills an [`InputBatch`]; every record carries the
 //! position *after* it, which the pipeline stores with the state in the same atomic write.
 
+pub mod changelog;
 pub mod file;
 pub mod kafka;
 

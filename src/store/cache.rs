@@ -37,7 +37,9 @@ impl Hasher for KeyHasher {
 pub type KeyHash = BuildHasherDefault<KeyHasher>;
 
 struct Slot {
-    state: AccountState,
+    // Boxed: states move between the cache and a batch's working set twice per batch, and a
+    // pointer moves cheaper than the state's several hundred bytes; the table stays compact.
+    state: Box<AccountState>,
     bytes: usize,
     used: bool,
 }
@@ -52,10 +54,13 @@ pub struct StateCache {
 /// the allocator's rounding.
 const ENTRY_OVERHEAD: usize = 64;
 
-/// Approximate heap footprint of a decoded state, for the cache's byte budget.
+/// Approximate heap footprint of a decoded state, for the cache's byte budget. Computed from
+/// the state's own fields only (lengths and capacities), without following pointers into the
+/// small collections: it runs for every state a batch touches.
 pub fn state_bytes(s: &AccountState) -> usize {
     use std::mem::size_of;
-    let strings = |v: &[String]| v.iter().map(|x| x.capacity() + size_of::<String>()).sum::<usize>();
+    // Strings and small records behind the few-element collections, on average.
+    const SMALL: usize = 48;
     size_of::<AccountState>()
         + s.account_id.capacity()
         + s.days.capacity() * size_of::<crate::pb::DayBucket>()
@@ -64,18 +69,14 @@ pub fn state_bytes(s: &AccountState) -> usize {
         + s.negative_call_detail.capacity()
         + s.email_risk_detail.capacity()
         + s.deal_loss_detail.capacity()
-        + strings(&s.risk_topics)
+        + s.risk_topics.capacity() * (size_of::<String>() + SMALL)
         + s.risk_topic_ms.capacity() * 8
-        + s.open_deals.iter().map(|d| {
-            size_of::<crate::pb::OpenDeal>() + d.deal_id.capacity() + d.kind.capacity() + d.stage.capacity()
-        }).sum::<usize>()
+        + s.open_deals.capacity() * (size_of::<crate::pb::OpenDeal>() + SMALL)
         + s.arr_changes.capacity() * size_of::<crate::pb::ArrChange>()
         + s.emitted_components.capacity() * 4
         + (s.score_day.capacity() + s.score_max.capacity() + s.score_min.capacity()) * 4
-        + s.open_alerts.iter().map(|a| {
-            size_of::<crate::pb::OpenAlert>() + a.rule.capacity() + a.severity.capacity()
-        }).sum::<usize>()
-        + s.cooldowns.iter().map(|c| size_of::<crate::pb::Cooldown>() + c.rule.capacity()).sum::<usize>()
+        + s.open_alerts.capacity() * (size_of::<crate::pb::OpenAlert>() + SMALL)
+        + s.cooldowns.capacity() * (size_of::<crate::pb::Cooldown>() + SMALL)
 }
 
 impl StateCache {
@@ -90,18 +91,20 @@ impl StateCache {
 
     /// Takes the committed state stored under `key` out of the cache, with the key's own
     /// allocation (so that putting it back costs none).
-    pub fn take(&mut self, key: &[u8]) -> Option<(Box<[u8]>, AccountState)> {
+    pub fn take(&mut self, key: &[u8]) -> Option<(Box<[u8]>, Box<AccountState>)> {
         let (k, slot) = self.map.remove_entry(key)?;
         self.used_bytes -= slot.bytes;
         Some((k, slot.state))
     }
 
     /// Puts a committed state into the cache, evicting others if it is over its budget.
-    pub fn put(&mut self, key: Box<[u8]>, state: AccountState) {
+    /// `weight` is the state's size as [`state_bytes`] (plus the key length) gives it, which the
+    /// caller may have noted while the state was at hand.
+    pub fn put(&mut self, key: Box<[u8]>, state: Box<AccountState>, weight: usize) {
         if self.budget == 0 {
             return;
         }
-        let bytes = state_bytes(&state) + key.len() + ENTRY_OVERHEAD;
+        let bytes = weight + ENTRY_OVERHEAD;
         let slot = Slot {
             state,
             bytes,
@@ -177,26 +180,27 @@ mod tests {
     #[test]
     fn take_removes_and_put_restores() {
         let mut c = StateCache::new(1 << 20);
-        c.put(b"k1".to_vec().into(), new_state("a", 1));
+        c.put(b"k1".to_vec().into(), Box::new(new_state("a", 1)), 100);
         let (k, s) = c.take(b"k1").unwrap();
         assert_eq!(s.account_id, "a");
         assert!(c.take(b"k1").is_none(), "a taken state is not in the cache");
         assert_eq!(c.bytes(), 0);
-        c.put(k, s);
+        c.put(k, s, 100);
         assert_eq!(c.len(), 1);
     }
 
     #[test]
     fn stays_within_budget_and_keeps_recently_used() {
-        let one = state_bytes(&new_state("acct-0000", 0)) + 6 + ENTRY_OVERHEAD;
+        let weight = state_bytes(&new_state("acct-0000", 0)) + 5;
+        let one = weight + ENTRY_OVERHEAD;
         let mut c = StateCache::new(one * 100);
         for i in 0..1000 {
             let key = format!("k{i:04}").into_bytes().into_boxed_slice();
-            c.put(key, new_state("acct-0000", i));
+            c.put(key, Box::new(new_state("acct-0000", i)), weight);
             assert!(c.bytes() <= one * 100);
             // k0000 is used all the time: it survives every sweep.
             let (k, s) = c.take(b"k0000").unwrap();
-            c.put(k, s);
+            c.put(k, s, weight);
         }
         assert!(c.len() <= 100 && c.len() >= 80, "{}", c.len());
         assert!(c.take(b"k0999").is_some(), "the newest entry is kept");
@@ -205,7 +209,7 @@ mod tests {
     #[test]
     fn zero_budget_caches_nothing() {
         let mut c = StateCache::new(0);
-        c.put(b"k".to_vec().into(), new_state("a", 1));
+        c.put(b"k".to_vec().into(), Box::new(new_state("a", 1)), 100);
         assert!(c.is_empty());
     }
 }

@@ -67,19 +67,20 @@ pub fn partition_range(partition: u16) -> (Vec<u8>, Vec<u8>) {
 /// A dedup mark: a 128-bit hash of (account, event id). Collisions are practically impossible
 /// (about 1 in 10^20 for a billion live marks); hashing bounds the key size whatever the ids are.
 pub fn dedup_key(partition: u16, account_id: &str, event_id: &str) -> Vec<u8> {
-    dedup_key_array(partition, account_id, event_id).to_vec()
+    dedup_key_of(partition, dedup_hash(account_id, event_id)).to_vec()
 }
 
 /// Length of a dedup key: partition and a 128-bit hash.
 pub const DEDUP_KEY_LEN: usize = 18;
 
-/// [`dedup_key`] without an allocation: the batch loop makes one per event.
-pub fn dedup_key_array(partition: u16, account_id: &str, event_id: &str) -> [u8; DEDUP_KEY_LEN] {
+/// The hash part of a dedup key. The batch loop sorts and compares these as integers; in the
+/// key they are big-endian, so the integer order is the key order.
+pub fn dedup_hash(account_id: &str, event_id: &str) -> u128 {
     let (a, e) = (account_id.as_bytes(), event_id.as_bytes());
     // The one-shot hash of the concatenation equals the streaming one; it is several times
     // cheaper for ids of ordinary length, which fit the stack buffer.
     let mut buf = [0u8; 192];
-    let digest = if a.len() + 1 + e.len() <= buf.len() {
+    if a.len() + 1 + e.len() <= buf.len() {
         buf[..a.len()].copy_from_slice(a);
         buf[a.len() + 1..a.len() + 1 + e.len()].copy_from_slice(e);
         xxhash_rust::xxh3::xxh3_128(&buf[..a.len() + 1 + e.len()])
@@ -89,10 +90,14 @@ pub fn dedup_key_array(partition: u16, account_id: &str, event_id: &str) -> [u8;
         h.update(&[0]);
         h.update(e);
         h.digest128()
-    };
+    }
+}
+
+/// A dedup key from its partition and [`dedup_hash`], without an allocation.
+pub fn dedup_key_of(partition: u16, hash: u128) -> [u8; DEDUP_KEY_LEN] {
     let mut k = [0u8; DEDUP_KEY_LEN];
     k[..2].copy_from_slice(&partition.to_be_bytes());
-    k[2..].copy_from_slice(&digest.to_be_bytes());
+    k[2..].copy_from_slice(&hash.to_be_bytes());
     k
 }
 
@@ -143,6 +148,39 @@ pub const OUTBOX_NEXT_KEY: &[u8] = b"outbox_next";
 pub const FORMAT_KEY: &[u8] = b"format";
 /// `meta` key of the partition count the store was written with.
 pub const PARTITIONS_KEY: &[u8] = b"partitions";
+/// `meta` key of this store's random 16-byte id: the "writer" of its changelog records.
+pub const STORE_ID_KEY: &[u8] = b"store_id";
+
+/// `meta` key set while the changelog may lack some of a partition's committed local state
+/// (changelog records were dropped unpublished): the partition is restored before it is used.
+pub fn changelog_behind_key(partition: u16) -> Vec<u8> {
+    let mut k = b"cl_behind/".to_vec();
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+/// `meta` key recording a dedup chunk that lives in the changelog, so that it is tombstoned
+/// once its latest day leaves the dedup window. Sorted by (partition, day).
+pub fn chunk_key(partition: u16, day: i32, changelog_key: &str) -> Vec<u8> {
+    let mut k = chunk_prefix(partition);
+    k.extend_from_slice(&((day as u32) ^ (1 << 31)).to_be_bytes());
+    k.extend_from_slice(changelog_key.as_bytes());
+    k
+}
+
+/// The prefix of one partition's [`chunk_key`]s.
+pub fn chunk_prefix(partition: u16) -> Vec<u8> {
+    let mut k = b"cl_chunk/".to_vec();
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+/// (day, changelog key) of a [`chunk_key`] of `partition`.
+pub fn parse_chunk_key(partition: u16, k: &[u8]) -> Option<(i32, &str)> {
+    let rest = k.strip_prefix(chunk_prefix(partition).as_slice())?;
+    let day = (u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) ^ (1 << 31)) as i32;
+    Some((day, std::str::from_utf8(&rest[4..]).ok()?))
+}
 
 #[cfg(test)]
 mod tests {
@@ -178,6 +216,17 @@ mod tests {
             want.extend_from_slice(&h.digest128().to_be_bytes());
             assert_eq!(dedup_key(7, a, e), want);
         }
+    }
+
+    #[test]
+    fn chunk_keys_sort_by_day_and_round_trip() {
+        let a = chunk_key(2, -3, "d:x");
+        let b = chunk_key(2, 20_000, "d:a");
+        let c = chunk_key(3, -100, "d:a");
+        assert!(a < b && b < c);
+        assert_eq!(parse_chunk_key(2, &b), Some((20_000, "d:a")));
+        assert_eq!(parse_chunk_key(3, &b), None);
+        assert!(b.starts_with(&chunk_prefix(2)));
     }
 
     #[test]

@@ -96,7 +96,8 @@ impl WriteSet {
         });
     }
     /// A put whose value `fill` appends to the buffer it is given (no intermediate copy).
-    pub fn put_with(&mut self, cf: Cf, key: &[u8], fill: impl FnOnce(&mut Vec<u8>)) {
+    /// Returns the put's index among the set's operations.
+    pub fn put_with(&mut self, cf: Cf, key: &[u8], fill: impl FnOnce(&mut Vec<u8>)) -> usize {
         let key = self.push(key);
         let start = self.arena.len() as u32;
         fill(&mut self.arena);
@@ -107,6 +108,26 @@ impl WriteSet {
             key,
             value,
         });
+        self.ops.len() - 1
+    }
+    /// Replaces the value of put number `op` (as [`put_with`](Self::put_with) returned it) with
+    /// what `fill` appends; the old value's bytes stay in the arena, unused.
+    pub fn replace_value_with(&mut self, op: usize, fill: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.arena.len() as u32;
+        fill(&mut self.arena);
+        self.ops[op].value = (start, self.arena.len() as u32);
+    }
+    /// Puts operations `from..` into the order `order` gives (a permutation of those indexes).
+    /// Only for operations whose relative order does not matter (puts of distinct keys).
+    pub fn reorder_from(&mut self, from: usize, order: &[u32]) {
+        assert_eq!(order.len(), self.ops.len() - from, "a permutation of the operations");
+        let moved: Vec<Op> = order.iter().map(|&i| self.ops[i as usize]).collect();
+        self.ops.truncate(from);
+        self.ops.extend(moved);
+    }
+    /// Number of operations.
+    pub fn len(&self) -> usize {
+        self.ops.len()
     }
     pub fn delete(&mut self, cf: Cf, key: &[u8]) {
         let key = self.push(key);

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use rocksdb::compaction_filter::Decision;
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, IteratorMode,
-    MemtableFactory, Options, ReadOptions, SliceTransform, WriteBatch, WriteOptions,
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType,
+    IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions,
 };
 
 use super::keys::FORMAT_KEY;
@@ -45,72 +45,60 @@ impl RocksStore {
         db_opts.create_missing_column_families(true);
         db_opts.set_max_background_jobs(2);
         db_opts.set_keep_log_file_num(3);
-        // Hash-indexed memtables (below) take one writer at a time, which is all we have.
+        // One writer (the pipeline thread) is all there is.
         db_opts.set_allow_concurrent_memtable_write(false);
 
-        let x = |k: &str| std::env::var(k).unwrap_or_default();
         let cfs = Cf::ALL.iter().map(|&cf| {
             let mut o = Options::default();
             let mut t = BlockBasedOptions::default();
             t.set_block_cache(&cache);
-            let point = matches!(cf, Cf::State | Cf::Dedup);
-            match x("XFILT").as_str() {
-                "nocache" => t.set_cache_index_and_filter_blocks(false),
-                "cache" => t.set_cache_index_and_filter_blocks(true),
-                _ => {
-                    t.set_cache_index_and_filter_blocks(true);
-                    t.set_cache_index_and_filter_blocks_with_high_priority(true);
-                    t.set_pin_l0_filter_and_index_blocks_in_cache(true);
-                    if point {
-                        t.set_partition_filters(true);
-                        t.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
-                        t.set_pin_top_level_index_and_filter(true);
-                    }
-                }
-            }
-            if point {
-                // Most dedup lookups miss: a bloom filter answers them without reading a block.
+            // Index and filter blocks live in the block cache, so memory stays bounded by
+            // `block_cache_mb`, but at high priority and, for L0 (which every lookup visits),
+            // pinned: a lookup that misses (most dedup lookups) must not have to read a filter
+            // block back from disk, which is what happened when they competed with data blocks.
+            t.set_cache_index_and_filter_blocks(true);
+            t.set_cache_index_and_filter_blocks_with_high_priority(true);
+            t.set_pin_l0_filter_and_index_blocks_in_cache(true);
+            if matches!(cf, Cf::State | Cf::Dedup) {
+                // Point lookups only. A bloom filter answers the (mostly absent) dedup keys
+                // without reading a block. Partitioned, because a whole-file filter of a large
+                // file is bigger than a block-cache shard and would be evicted as soon as it
+                // was read; only the small top-level index of the partitions is pinned.
                 t.set_bloom_filter(10.0, false);
+                t.set_partition_filters(true);
+                t.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+                t.set_pin_top_level_index_and_filter(true);
             }
-            o.set_block_based_table_factory(&t);
-            if point && x("XMEM") == "hash" {
-                o.set_prefix_extractor(if cf == Cf::Dedup {
-                    SliceTransform::create_fixed_prefix(18)
-                } else {
-                    SliceTransform::create_noop()
-                });
-                o.set_memtable_factory(MemtableFactory::HashSkipList {
-                    bucket_count: 1 << 20,
-                    height: 4,
-                    branching_factor: 4,
-                });
-            } else if point {
-                o.set_memtable_prefix_bloom_ratio(0.1);
+            // (The default skip-list memtable rather than a hash-indexed one: batches arrive
+            // sorted by key, which makes skip-list inserts cheap, and flushing a hash-indexed
+            // memtable means sorting it first.)
+            if cf == Cf::Dedup {
+                // Every event looks up its dedup key, and nearly all are absent: a bloom filter
+                // of whole keys in the memtable answers them without walking the skip list.
+                // About 9 bits per key at the memtable's size; a bigger filter only misses
+                // the CPU cache more. (States are looked up only when the state cache misses,
+                // so their memtable goes without.)
+                o.set_memtable_prefix_bloom_ratio(0.02);
                 o.set_memtable_whole_key_filtering(true);
             }
-            if let Ok(mb) = x("XWB").parse::<usize>() {
-                o.set_write_buffer_size(mb << 20);
-            } else {
-            o.set_write_buffer_size(cfg.write_buffer_mb.max(1) << 20);
-            }
-            match x("XCOMP").as_str() {
-                "lz4" => {
-                    o.set_compression_type(DBCompressionType::Lz4);
-                    o.set_bottommost_compression_type(DBCompressionType::Lz4);
-                }
-                "mixed" => {
-                    let c = if cf == Cf::State { DBCompressionType::Lz4 } else { DBCompressionType::None };
-                    o.set_compression_type(c);
-                    o.set_bottommost_compression_type(c);
-                }
-                "mixedz" => {
-                    let c = if matches!(cf, Cf::Dedup | Cf::Outbox) { DBCompressionType::None } else { DBCompressionType::Lz4 };
-                    o.set_compression_type(c);
-                    o.set_bottommost_compression_type(if c == DBCompressionType::None { c } else { DBCompressionType::Zstd });
-                }
+            o.set_block_based_table_factory(&t);
+            // Full-size write buffers for the column families written once per event (state,
+            // dedup); a quarter for timers and the outbox, whose rows are fewer or short-lived.
+            let buffer_mb = match cf {
+                Cf::State | Cf::Dedup => cfg.write_buffer_mb,
+                _ => cfg.write_buffer_mb / 4,
+            };
+            o.set_write_buffer_size(buffer_mb.max(1) << 20);
+            // Compression where it pays for itself: account states compress, but their L0
+            // files (every version of every state written) are rewritten by the next
+            // compaction anyway, so only the levels below are compressed, with LZ4 (ZSTD cost
+            // more CPU in compactions than the rest of a batch's background work). Dedup keys
+            // are hashes and outbox rows live for one batch: not compressed.
+            match cf {
+                Cf::Dedup | Cf::Outbox => o.set_compression_type(DBCompressionType::None),
                 _ => {
-                    o.set_compression_type(DBCompressionType::Lz4);
-                    o.set_bottommost_compression_type(DBCompressionType::Zstd);
+                    use DBCompressionType::{Lz4, None as Plain};
+                    o.set_compression_per_level(&[Plain, Lz4, Lz4, Lz4, Lz4, Lz4, Lz4]);
                 }
             }
             if cf == Cf::Dedup {

@@ -1,5 +1,6 @@
 //! The operations endpoint: `/metrics` (Prometheus text), `/healthz` (the process is alive and
-//! its loop is turning) and `/readyz` (caught up with its input and able to write).
+//! its loop is turning), `/readyz` (caught up with its input and able to write) and `/status`
+//! (JSON: the partitions this instance owns, their phase, positions, lag and restore progress).
 //!
 //! It binds to loopback by default (`telemetry.listen`), runs on a small tokio runtime of its
 //! own, and stops when the process does.
@@ -21,6 +22,8 @@ pub struct Health {
     pub ready: AtomicBool,
     /// Set when the loop has stopped on an error.
     pub failed: AtomicBool,
+    /// What `/status` shows (Kafka mode: partitions, positions, lag, restores).
+    pub status: std::sync::Mutex<serde_json::Value>,
 }
 
 /// Installs the global Prometheus recorder (once per process) and returns its handle.
@@ -66,6 +69,12 @@ async fn healthz(State(s): State<AppState>) -> (StatusCode, &'static str) {
     }
 }
 
+async fn status(State(s): State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = s.health.status.lock().unwrap().to_string();
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
 async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
     if s.health.ready.load(Ordering::Relaxed) && !s.health.failed.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready\n")
@@ -93,6 +102,7 @@ pub fn serve(
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/status", get(status))
         .with_state(AppState { metrics, health });
     std::thread::Builder::new()
         .name("rapport-http".into())

@@ -120,3 +120,61 @@ pub fn describe() {
         }
     }
 }
+
+/// A partition's restore from the changelog began.
+pub struct RestoreStarted {
+    pub partition: u16,
+    pub records: u64,
+}
+
+impl RestoreStarted {
+    pub fn emit(&self) {
+        tracing::info!(partition = self.partition, records = self.records, "Restore started.");
+    }
+}
+
+/// Records read back from the changelog were written to the store.
+pub struct RestoreApplied {
+    pub records: u64,
+    pub states: u64,
+}
+
+impl RestoreApplied {
+    pub fn emit(&self) {
+        counter!(RESTORE_RECORDS).increment(self.records);
+        counter!(RESTORE_ACCOUNTS).increment(self.states);
+    }
+}
+
+/// A partition's restore finished.
+pub struct RestoreFinished {
+    pub partition: u16,
+    pub accounts: u64,
+    pub stats: crate::source::changelog::RestoreStats,
+}
+
+impl RestoreFinished {
+    pub fn emit(&self) {
+        let s = &self.stats;
+        histogram!(RESTORE_SECONDS).record(s.seconds);
+        let per_s = |n: u64| if s.seconds > 0.0 { n as f64 / s.seconds } else { 0.0 };
+        tracing::info!(
+            partition = self.partition,
+            accounts = self.accounts,
+            records = s.records,
+            megabytes = format!("{:.1}", s.bytes as f64 / 1e6),
+            seconds = format!("{:.2}", s.seconds),
+            records_per_second = per_s(s.records) as u64,
+            megabytes_per_second = format!("{:.1}", per_s(s.bytes) / 1e6),
+            left_out_incomplete = s.incomplete,
+            "Partition restored from the changelog; reading its inputs from the restored positions."
+        );
+    }
+}
+
+/// Restores in progress: (partition, read, total), set about once per loop.
+pub fn restore_progress(restoring: &[(u16, u64, u64)]) {
+    gauge!(RESTORING_PARTITIONS).set(restoring.len() as f64);
+    let left: u64 = restoring.iter().map(|(_, r, t)| t.saturating_sub(*r)).sum();
+    gauge!(RESTORE_REMAINING_RECORDS).set(left as f64);
+}

@@ -28,6 +28,12 @@ pub const KAFKA_REBALANCES: &str = "rapport_kafka_rebalances_total";
 pub const KAFKA_PAUSED_PARTITIONS: &str = "rapport_kafka_paused_partitions";
 pub const KAFKA_PRODUCE_ERRORS: &str = "rapport_kafka_produce_errors_total";
 pub const KAFKA_OWNED_PARTITIONS: &str = "rapport_kafka_owned_partitions";
+pub const RESTORE_RECORDS: &str = "rapport_restore_records_total";
+pub const RESTORE_ACCOUNTS: &str = "rapport_restore_accounts_total";
+pub const RESTORE_SECONDS: &str = "rapport_restore_seconds";
+pub const RESTORING_PARTITIONS: &str = "rapport_restoring_partitions";
+pub const RESTORE_REMAINING_RECORDS: &str = "rapport_restore_remaining_records";
+pub const CHANGELOG_PENDING: &str = "rapport_changelog_pending_records";
 
 pub const ALL: &[MetricDoc] = &[
     (
@@ -156,7 +162,43 @@ pub const ALL: &[MetricDoc] = &[
         KAFKA_OWNED_PARTITIONS,
         "gauge",
         "",
-        "Account partitions assigned to this instance.",
+        "Account partitions being read by this instance (given by the group and ready).",
+    ),
+    (
+        RESTORE_RECORDS,
+        "counter",
+        "",
+        "Changelog records read back into the store by restores.",
+    ),
+    (
+        RESTORE_ACCOUNTS,
+        "counter",
+        "",
+        "Account states restored from the changelog.",
+    ),
+    (
+        RESTORE_SECONDS,
+        "histogram",
+        "",
+        "Time to restore one partition from the changelog.",
+    ),
+    (
+        RESTORING_PARTITIONS,
+        "gauge",
+        "",
+        "Partitions being restored from the changelog now (their timers and alerts wait).",
+    ),
+    (
+        RESTORE_REMAINING_RECORDS,
+        "gauge",
+        "",
+        "Changelog records still to read by the restores in progress.",
+    ),
+    (
+        CHANGELOG_PENDING,
+        "gauge",
+        "",
+        "Changelog records committed and waiting to be published (behind their outputs).",
     ),
     (
         ROCKSDB_MEMORY_BYTES,

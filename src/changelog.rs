@@ -1,0 +1,206 @@
+//! The changelog: what a partition's state is made of, as records of a compacted Kafka topic, so
+//! that the partition can be restored on whichever instance the group gives it to.
+//!
+//! Every committed batch adds, through the outbox, for each account partition it touched:
+//! the changed account states (`s:<account>`), one dedup chunk with the marks it added
+//! (`d:<day>:<writer>:<seq>`), tombstones for chunks that left the dedup window, and last a
+//! checkpoint (`c`) with the partition's input positions and stream time. Timers and open alerts
+//! are part of the account states. Every record carries a `writer` header: the id of the store
+//! that wrote it.
+//!
+//! # The guarantee
+//!
+//! - A batch's changelog records are published only after the broker acknowledged every output
+//!   committed before them (score changes, alerts, dead letters), and only for partitions this
+//!   instance owns. So a restore never skips an output that was not delivered: the changelog is
+//!   never ahead of what subscribers have seen.
+//! - It may be behind the local state (records committed locally, not yet published when the
+//!   process died). The new owner then restores the last published checkpoint and reads the
+//!   inputs again from its positions: the state it reaches is the same, and the outputs in between
+//!   are published again with the same ids (at-least-once, deduplicated by id).
+//! - A restore applies a record only if a checkpoint follows it in the partition's log: records
+//!   of a batch whose checkpoint never made it (the writer died half-way) are ignored, so the
+//!   restored states and positions always belong together. Compaction keeps this true: it never
+//!   drops the latest checkpoint, and a state record's previous version is dropped only in favour
+//!   of a later record of the same account.
+//! - A partition whose changelog was last written by this store, and whose local state was never
+//!   left behind by it (`cl_behind` in `meta`), starts at once from its local state.
+
+use std::collections::HashMap;
+
+use prost::Message;
+
+use crate::pb::{DedupChunk, OutboxRecord, PartitionCheckpoint};
+use crate::sink::OutputKind;
+
+/// Key of a partition's checkpoint record.
+pub const CHECKPOINT_KEY: &str = "c";
+
+/// Header that names the store that wrote a record.
+pub const WRITER_HEADER: &str = "writer";
+/// Header set on records that are to be published as tombstones (null values).
+pub const TOMBSTONE_HEADER: &str = "tombstone";
+
+/// A changelog key, parsed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Key<'a> {
+    State(&'a str),
+    Chunk { day: i32 },
+    Checkpoint,
+}
+
+pub fn parse_key(k: &str) -> Option<Key<'_>> {
+    if k == CHECKPOINT_KEY {
+        return Some(Key::Checkpoint);
+    }
+    if let Some(acct) = k.strip_prefix("s:") {
+        return Some(Key::State(acct));
+    }
+    let rest = k.strip_prefix("d:")?;
+    let day = rest.split(':').next()?.parse().ok()?;
+    Some(Key::Chunk { day })
+}
+
+pub fn state_key(account: &str) -> String {
+    format!("s:{account}")
+}
+
+pub fn chunk_key(day: i32, writer: &[u8; 16], seq: u64) -> String {
+    format!("d:{day}:{}:{seq}", hex(writer))
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// What the pipeline needs to write a changelog.
+#[derive(Debug, Clone)]
+pub struct Changelog {
+    /// This store's id, the `writer` of every record.
+    pub writer: [u8; 16],
+    /// Per account partition, the position keys of its input topic partitions.
+    pub sources_of: Vec<Vec<String>>,
+}
+
+impl Changelog {
+    fn record(&self, partition: u16, key: String, payload: Vec<u8>) -> OutboxRecord {
+        let mut headers = HashMap::with_capacity(1);
+        headers.insert(WRITER_HEADER.to_owned(), self.writer.to_vec());
+        OutboxRecord {
+            kind: OutputKind::Changelog as u32,
+            key,
+            payload,
+            headers,
+            partition: partition as i32,
+        }
+    }
+
+    pub fn state(&self, partition: u16, account: &str, encoded: &[u8]) -> OutboxRecord {
+        self.record(partition, state_key(account), encoded.to_vec())
+    }
+
+    pub fn chunk(&self, partition: u16, key: String, chunk: &DedupChunk) -> OutboxRecord {
+        self.record(partition, key, chunk.encode_to_vec())
+    }
+
+    pub fn tombstone(&self, partition: u16, key: String) -> OutboxRecord {
+        let mut r = self.record(partition, key, Vec::new());
+        r.headers.insert(TOMBSTONE_HEADER.to_owned(), b"1".to_vec());
+        r
+    }
+
+    pub fn checkpoint(&self, partition: u16, c: &PartitionCheckpoint) -> OutboxRecord {
+        self.record(partition, CHECKPOINT_KEY.to_owned(), c.encode_to_vec())
+    }
+}
+
+/// Marks of a dedup chunk as (hash, day) pairs; malformed chunks yield nothing.
+pub fn chunk_marks(c: &DedupChunk) -> impl Iterator<Item = (u128, i32)> + '_ {
+    c.hashes
+        .chunks_exact(16)
+        .zip(&c.days)
+        .map(|(h, d)| (u128::from_be_bytes(h.try_into().expect("16 bytes")), *d))
+}
+
+/// One record read back from the changelog: its key and value (`None`: a tombstone).
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Collects one partition's changelog records in log order and hands them out in groups that a
+/// checkpoint closes: what follows the last checkpoint belongs to a batch whose writer did not
+/// finish it, and is never applied.
+#[derive(Debug, Default)]
+pub struct RestoreBuffer {
+    pending: Vec<Restored>,
+}
+
+impl RestoreBuffer {
+    /// Adds a record; returns the records that are now known to be complete (ending with the
+    /// checkpoint), if this one was a checkpoint.
+    pub fn push(&mut self, r: Restored) -> Option<Vec<Restored>> {
+        let is_checkpoint = r.key == CHECKPOINT_KEY && r.value.is_some();
+        self.pending.push(r);
+        is_checkpoint.then(|| std::mem::take(&mut self.pending))
+    }
+
+    /// Records left after the last checkpoint (discarded at the end of a restore).
+    pub fn incomplete(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        assert_eq!(parse_key(&state_key("acme:eu")), Some(Key::State("acme:eu")));
+        assert_eq!(parse_key(CHECKPOINT_KEY), Some(Key::Checkpoint));
+        let k = chunk_key(-3, &[0xab; 16], 42);
+        assert_eq!(parse_key(&k), Some(Key::Chunk { day: -3 }));
+        assert_eq!(parse_key("x"), None);
+        assert_eq!(parse_key("d:notaday:1"), None);
+    }
+
+    #[test]
+    fn only_records_a_checkpoint_closes_are_handed_out() {
+        let rec = |k: &str| Restored {
+            key: k.into(),
+            value: Some(vec![1]),
+        };
+        let mut b = RestoreBuffer::default();
+        assert!(b.push(rec("s:a")).is_none());
+        assert!(b.push(rec("s:b")).is_none());
+        let group = b.push(rec("c")).expect("closed by the checkpoint");
+        assert_eq!(group.len(), 3);
+        assert!(b.push(rec("s:c")).is_none());
+        assert_eq!(b.incomplete(), 1, "a batch without its checkpoint stays out");
+        // A tombstone under the checkpoint key closes nothing.
+        assert!(b
+            .push(Restored {
+                key: "c".into(),
+                value: None
+            })
+            .is_none());
+    }
+
+    #[test]
+    fn chunk_marks_pair_hashes_with_days() {
+        let mut hashes = 7u128.to_be_bytes().to_vec();
+        hashes.extend_from_slice(&9u128.to_be_bytes());
+        let c = DedupChunk {
+            hashes,
+            days: vec![100, 101],
+        };
+        assert_eq!(chunk_marks(&c).collect::<Vec<_>>(), vec![(7, 100), (9, 101)]);
+        let torn = DedupChunk {
+            hashes: vec![1, 2, 3],
+            days: vec![5],
+        };
+        assert_eq!(chunk_marks(&torn).count(), 0);
+    }
+}
