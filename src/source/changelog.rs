@@ -121,7 +121,7 @@ impl ChangelogReader {
                 since: Instant::now(),
             },
         );
-        self.reassign();
+        self.assign(p, Offset::Offset(high - 1));
         Ok(())
     }
 
@@ -139,7 +139,7 @@ impl ChangelogReader {
             self.ready.push(Found::Done(p, RestoreStats::default()));
         } else {
             self.tasks.insert(p, task);
-            self.reassign();
+            self.assign(p, Offset::Beginning);
         }
         Ok((high - low).max(0) as u64)
     }
@@ -150,7 +150,7 @@ impl ChangelogReader {
             Found::Tail(q, ..) | Found::Group(q, _) | Found::Done(q, _) => *q != p,
         });
         if self.tasks.remove(&p).is_some() {
-            self.reassign();
+            self.unassign(p);
         }
     }
 
@@ -180,17 +180,20 @@ impl ChangelogReader {
             .collect()
     }
 
-    fn reassign(&mut self) {
+    // The assignment changes one partition at a time (see `KafkaSource::activate` for why).
+    fn assign(&mut self, p: u16, offset: Offset) {
         let mut tpl = TopicPartitionList::new();
-        for (p, t) in &self.tasks {
-            let offset = match t {
-                Task::Tail { high, .. } => Offset::Offset(high - 1),
-                Task::Restore { next, .. } => next.map_or(Offset::Beginning, Offset::Offset),
-            };
-            let _ = tpl.add_partition_offset(&self.topic, *p as i32, offset);
+        let _ = tpl.add_partition_offset(&self.topic, p as i32, offset);
+        if let Err(e) = self.consumer.incremental_assign(&tpl) {
+            warn!(partition = p, error = %e, "Assigning a changelog partition failed.");
         }
-        if let Err(e) = self.consumer.assign(&tpl) {
-            warn!(error = %e, "Assigning changelog partitions failed.");
+    }
+
+    fn unassign(&mut self, p: u16) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, p as i32);
+        if let Err(e) = self.consumer.incremental_unassign(&tpl) {
+            warn!(partition = p, error = %e, "Unassigning a changelog partition failed.");
         }
     }
 
@@ -201,7 +204,6 @@ impl ChangelogReader {
             return;
         }
         let deadline = Instant::now() + budget;
-        let mut changed = false;
         while Instant::now() < deadline && !self.tasks.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             let Some(m) = self.consumer.poll(left.min(Duration::from_millis(50))) else {
@@ -217,8 +219,8 @@ impl ChangelogReader {
                 for p in late {
                     warn!(partition = p, "The changelog's last record did not arrive in time; restoring the partition.");
                     self.tasks.remove(&p);
+                    self.unassign(p);
                     out.push(Found::Tail(p, None, false));
-                    changed = true;
                 }
                 continue;
             };
@@ -245,8 +247,8 @@ impl ChangelogReader {
                             .and_then(|v| <[u8; 16]>::try_from(v).ok())
                     });
                     self.tasks.remove(&p);
+                    self.unassign(p);
                     out.push(Found::Tail(p, writer, false));
-                    changed = true;
                 }
                 Task::Restore {
                     high,
@@ -274,13 +276,10 @@ impl ChangelogReader {
                         stats.seconds = started.elapsed().as_secs_f64();
                         out.push(Found::Done(p, *stats));
                         self.tasks.remove(&p);
-                        changed = true;
+                        self.unassign(p);
                     }
                 }
             }
-        }
-        if changed {
-            self.reassign();
         }
     }
 }

@@ -280,7 +280,6 @@ pub fn member_config(cfg: &Config) -> ClientConfig {
         )
         // It never reads; keep what it might prefetch before its pause tiny.
         .set("queued.max.messages.kbytes", "64")
-        .set("fetch.max.bytes", "65536")
         .set("max.partition.fetch.bytes", "65536");
     if !k.group_instance_id.is_empty() {
         c.set("group.instance.id", &k.group_instance_id);
@@ -368,12 +367,17 @@ impl KafkaSource {
 
     /// Starts reading partition `p` from `positions` (position key → next offset; a missing
     /// key starts at the earliest offset).
+    ///
+    /// The reading consumer's assignment only ever changes incrementally, one partition's four
+    /// topic partitions at a time: replacing the whole assignment stops and restarts every
+    /// partition, and librdkafka 2.12 can abort when stops overlap (its issue 5573).
     pub fn activate(&mut self, p: u16, positions: &[(String, Option<u64>)]) {
         let mut own = self.ownership.lock().unwrap();
         if !own.group.contains(&p) {
             return;
         }
         own.owned.insert(p);
+        let mut tpl = TopicPartitionList::new();
         for t in &self.topics {
             let tp = (t.clone(), p as i32);
             let key = position_key(t, p as i32);
@@ -390,9 +394,16 @@ impl KafkaSource {
                 self.buffered -= self.pending[idx as usize].len();
                 self.pending[idx as usize].clear();
             }
+            let _ = tpl.add_partition_offset(t, p as i32, start.map_or(Offset::Beginning, Offset::Offset));
         }
         drop(own);
-        self.reassign();
+        self.unassign_where(|q| q == p);
+        if let Err(e) = self.consumer.incremental_assign(&tpl) {
+            warn!(partition = p, error = %e, "Assigning input partitions failed.");
+        }
+        if self.paused {
+            let _ = self.consumer.pause(&tpl);
+        }
         let list: Vec<String> = positions
             .iter()
             .map(|(k, v)| format!("{k}@{}", v.map_or("earliest".to_owned(), |v| v.to_string())))
@@ -400,28 +411,21 @@ impl KafkaSource {
         info!(partition = p, positions = %list.join(", "), "Partition active; reading from the positions stored with its state.");
     }
 
-    /// Gives the reading consumer the topic partitions of every active partition, each at the
-    /// next offset not yet fetched (or where it started).
-    fn reassign(&mut self) {
-        let own = self.ownership.lock().unwrap();
+    /// Removes the reading consumer's topic partitions whose account partition `gone` says.
+    fn unassign_where(&mut self, gone: impl Fn(u16) -> bool) {
+        let Ok(a) = self.consumer.assignment() else {
+            return;
+        };
         let mut tpl = TopicPartitionList::new();
-        for p in &own.owned {
-            for t in &self.topics {
-                let tp = (t.clone(), *p as i32);
-                let idx = self.index.get(&tp).copied();
-                let next = idx
-                    .and_then(|i| self.fetched.get(&i).copied())
-                    .or_else(|| own.start.get(&tp).copied().flatten());
-                let offset = next.map_or(Offset::Beginning, Offset::Offset);
-                let _ = tpl.add_partition_offset(t, *p as i32, offset);
+        for e in a.elements() {
+            if gone(e.partition() as u16) {
+                tpl.add_partition(e.topic(), e.partition());
             }
         }
-        drop(own);
-        if let Err(e) = self.consumer.assign(&tpl) {
-            warn!(error = %e, "Assigning input partitions failed.");
-        }
-        if self.paused && tpl.count() > 0 {
-            let _ = self.consumer.pause(&tpl);
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.incremental_unassign(&tpl) {
+                warn!(error = %e, "Unassigning input partitions failed.");
+            }
         }
     }
 
@@ -431,26 +435,15 @@ impl KafkaSource {
         let owned = self.ownership.lock().unwrap().owned.clone();
         let keys = &self.keys;
         let gone = |idx: &u32| !owned.contains(&(split_key(&keys[*idx as usize]).1 as u16));
-        let mut changed = false;
         for (idx, q) in self.pending.iter_mut().enumerate() {
             if gone(&(idx as u32)) && !q.is_empty() {
                 self.buffered -= q.len();
                 q.clear();
             }
         }
-        let before = self.fetched.len();
         self.fetched.retain(|i, _| !gone(i));
-        changed |= before != self.fetched.len();
         self.handed.retain(|i, _| !gone(i));
-        if let Ok(a) = self.consumer.assignment() {
-            changed |= a
-                .elements()
-                .iter()
-                .any(|e| !owned.contains(&(e.partition() as u16)));
-        }
-        if changed {
-            self.reassign();
-        }
+        self.unassign_where(|p| !owned.contains(&p));
     }
 
     /// Active partitions whose every input topic has been read to its end since activation:
