@@ -488,6 +488,8 @@ pub struct Settings {
     pub static_members: bool,
     /// `engine.timer_clock`.
     pub timer_clock: &'static str,
+    /// `kafka.merge_wait_ms`.
+    pub merge_wait_ms: u64,
 }
 
 impl Default for Settings {
@@ -500,6 +502,7 @@ impl Default for Settings {
             assignment: "cooperative",
             static_members: false,
             timer_clock: "event",
+            merge_wait_ms: 250,
         }
     }
 }
@@ -601,6 +604,7 @@ changelog_topic = "{changelog}"
 session_timeout_ms = 6000
 assignment = "{assignment}"
 group_instance_id = "{instance}"
+merge_wait_ms = {merge_wait}
 
 [kafka.input_topics]
 product_usage = "{usage}"
@@ -633,6 +637,7 @@ dlq = "{dlq}"
             assignment = s.assignment,
             instance = if s.static_members { tag } else { "" },
             timer_clock = s.timer_clock,
+            merge_wait = s.merge_wait_ms,
         );
         let path = self.path().join(format!("{tag}.toml"));
         std::fs::write(&path, toml).unwrap();
