@@ -59,11 +59,17 @@ fn raw_consume(cfg: &Config, total: u64) -> Result<f64> {
     Ok(start.elapsed().as_secs_f64())
 }
 
-pub fn kafka(base: &Config, b: &KafkaBench, out: &mut dyn std::io::Write) -> Result<()> {
+/// Fresh, uniquely named topics on the configured broker, a generated portfolio cut to
+/// `events`, produced to the inputs. Returns the config, the events file and its record count.
+fn prepare(
+    base: &Config,
+    accounts: usize,
+    events: u64,
+    format: WireFormat,
+    dir: &Path,
+    out: &mut dyn std::io::Write,
+) -> Result<(Config, std::path::PathBuf, u64)> {
     let stamp = app::wall_now_ms();
-    let dir = tempfile::Builder::new()
-        .prefix("rapport-bench-")
-        .tempdir()?;
     let mut cfg = base.clone();
     cfg.mode = crate::config::Mode::Kafka;
     let suffix = format!("bench-{stamp}");
@@ -86,35 +92,42 @@ pub fn kafka(base: &Config, b: &KafkaBench, out: &mut dyn std::io::Write) -> Res
     k.changelog_topic = format!("{}.{suffix}", k.changelog_topic);
     k.group_id = format!("rapport-{suffix}");
     k.output_partitions = cfg.engine.partitions as u32;
-    cfg.store.data_dir = dir.path().join("data");
+    cfg.store.data_dir = dir.join("data");
     cfg.telemetry.listen = String::new();
     crate::topics::create(&cfg)?;
 
     // The data: a generated portfolio, as many days as it takes to reach the event count.
     // About 1.7 events per account-day at usage_per_day = 1; generate a little more, then cut.
     let per_account_day = 1.5;
-    let days = ((b.events as f64 / b.accounts as f64 / per_account_day).ceil() as u32).max(1);
-    let file = dir.path().join("events.ndjson");
+    let days = ((events as f64 / accounts as f64 / per_account_day).ceil() as u32).max(1);
+    let file = dir.join("events.ndjson");
     // The timeline ends today, so that the live phase continues it (no burst of "gone dark").
     let start_day = crate::domain::event::day_of(stamp) - days as i32;
     let p = Portfolio::new(GenSpec {
-        accounts: b.accounts,
+        accounts,
         days,
         start_day,
         usage_per_day: 1.0,
         ..GenSpec::default()
     });
     app::write_portfolio(&p, &file, 0)?;
-    let truncated = dir.path().join("events-cut.ndjson");
-    let total = head_lines(&file, &truncated, b.events)?;
+    let truncated = dir.join("events-cut.ndjson");
+    let total = head_lines(&file, &truncated, events)?;
     let t0 = Instant::now();
-    app::produce(&cfg, &truncated, b.format)?;
+    app::produce(&cfg, &truncated, format)?;
     writeln!(
         out,
-        "Produced {total} events ({} accounts) in {:.1} s.",
-        b.accounts,
+        "Produced {total} events ({accounts} accounts) in {:.1} s.",
         t0.elapsed().as_secs_f64()
     )?;
+    Ok((cfg, truncated, total))
+}
+
+pub fn kafka(base: &Config, b: &KafkaBench, out: &mut dyn std::io::Write) -> Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("rapport-bench-")
+        .tempdir()?;
+    let (cfg, truncated, total) = prepare(base, b.accounts, b.events, b.format, dir.path(), out)?;
 
     let raw_secs = raw_consume(&cfg, total)?;
     let raw = rate(total, raw_secs);
@@ -334,4 +347,273 @@ fn latency(cfg: &Arc<Config>, events: &Path, rate: f64, seconds: u64) -> Result<
         p99_ms: q(0.99),
         max_ms: *lat_ms.last().unwrap(),
     })
+}
+
+// --- rapport bench scale ------------------------------------------------------------------------
+
+pub struct ScaleBench {
+    pub accounts: usize,
+    pub events: u64,
+    /// Instance counts to measure, e.g. [1, 2, 3].
+    pub instances: Vec<usize>,
+    /// `kafka.session_timeout_ms` of the instances (bounds the failover time).
+    pub session_timeout_ms: u64,
+}
+
+/// One `rapport run` child process of this executable: its own data dir, metrics port and log.
+struct Instance {
+    child: std::process::Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Instance {
+    fn spawn(cfg: &Config, dir: &Path, tag: &str) -> Result<Instance> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut c = cfg.clone();
+        c.store.data_dir = dir.join(format!("data-{tag}"));
+        c.telemetry.listen = format!("127.0.0.1:{port}");
+        c.kafka.client_id = format!("rapport-bench-{tag}");
+        c.kafka.create_topics = false;
+        let path = dir.join(format!("{tag}.toml"));
+        std::fs::write(&path, toml::to_string(&c)?)?;
+        let log = dir.join(format!("{tag}.log"));
+        let mut cmd = std::process::Command::new(std::env::current_exe()?);
+        cmd.args(["run", "--quiet", "--config"]).arg(&path);
+        // The child's configuration is the file alone.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("RAPPORT_") {
+                cmd.env_remove(k);
+            }
+        }
+        let child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting a rapport instance")?;
+        Ok(Instance { child, port, log })
+    }
+
+    fn get(&self, path: &str) -> Option<String> {
+        ureq::get(format!("http://127.0.0.1:{}{path}", self.port))
+            .call()
+            .ok()?
+            .body_mut()
+            .read_to_string()
+            .ok()
+    }
+
+    /// A counter or gauge, summed over its label sets.
+    fn metric(&self, name: &str) -> Option<f64> {
+        let text = self.get("/metrics")?;
+        Some(
+            text.lines()
+                .filter(|l| l.split([' ', '{']).next() == Some(name))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum(),
+        )
+    }
+
+    /// Partitions this instance reads and has read to the end, with no lag.
+    fn caught_up(&self) -> Vec<u16> {
+        let Some(v) = self
+            .get("/status")
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        else {
+            return Vec::new();
+        };
+        v["partitions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| {
+                p["phase"] == "caught_up"
+                    && p["inputs"]
+                        .as_array()
+                        .is_some_and(|i| i.iter().all(|x| x["lag"].as_i64() == Some(0)))
+            })
+            .filter_map(|p| p["partition"].as_u64().map(|n| n as u16))
+            .collect()
+    }
+
+    fn alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "a rapport instance exited ({status}); its log is {}",
+                self.log.display()
+            );
+        }
+        Ok(())
+    }
+
+    fn stop(mut self) -> Result<()> {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("a rapport instance stopped with {status}; its log is {}", self.log.display());
+        }
+        Ok(())
+    }
+
+    fn kill(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+/// Polls `done` every 100 ms for at most 30 minutes, checking that every instance is alive.
+fn wait_until(
+    instances: &mut [Instance],
+    what: &str,
+    mut done: impl FnMut(&[Instance]) -> bool,
+) -> Result<f64> {
+    let t0 = Instant::now();
+    loop {
+        for i in instances.iter_mut() {
+            i.alive()?;
+        }
+        if done(instances) {
+            return Ok(t0.elapsed().as_secs_f64());
+        }
+        if t0.elapsed() > Duration::from_secs(1800) {
+            bail!("{what}: not reached in 30 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn all_caught_up(instances: &[Instance], n: u16) -> bool {
+    let mut seen: Vec<u16> = instances.iter().flat_map(Instance::caught_up).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    seen.len() == n as usize
+}
+
+/// Sums "Partition restored" log lines: (accounts, records, megabytes, longest restore seconds).
+fn restored_from_log(log: &Path) -> (u64, u64, f64, f64) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let field = |l: &str, k: &str| -> f64 {
+        l.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .map(|v| v.trim_matches('"').parse().unwrap_or(0.0))
+            .unwrap_or(0.0)
+    };
+    let mut sum = (0u64, 0u64, 0.0f64, 0.0f64);
+    for l in text.lines().filter(|l| l.contains("Partition restored from the changelog")) {
+        sum.0 += field(l, "accounts=") as u64;
+        sum.1 += field(l, "records=") as u64;
+        sum.2 += field(l, "megabytes=");
+        sum.3 = sum.3.max(field(l, "seconds="));
+    }
+    sum
+}
+
+/// `rapport bench scale`: the same pre-produced events processed to completion by 1, 2, 3 …
+/// instances in one group (each count a group and changelog of its own); then the restore of
+/// everything the single instance wrote, by a new instance with an empty data directory; then
+/// the time from a SIGKILL of one of the largest group's instances to all partitions caught up
+/// again on the others.
+pub fn scale(base: &Config, b: &ScaleBench, out: &mut dyn std::io::Write) -> Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("rapport-bench-scale-")
+        .tempdir()?;
+    let (cfg, _file, total) =
+        prepare(base, b.accounts, b.events, WireFormat::Json, dir.path(), out)?;
+    let n = cfg.engine.partitions;
+    let mut rows = Vec::new();
+    let mut restore = None;
+    let mut failover = None;
+    let largest = b.instances.iter().copied().max().unwrap_or(1);
+    for &count in &b.instances {
+        let mut c = cfg.clone();
+        c.kafka.group_id = format!("{}-x{count}", cfg.kafka.group_id);
+        c.kafka.changelog_topic = format!("{}-x{count}", cfg.kafka.changelog_topic);
+        c.kafka.session_timeout_ms = b.session_timeout_ms;
+        crate::topics::create(&c)?;
+        let phase = dir.path().join(format!("x{count}"));
+        std::fs::create_dir_all(&phase)?;
+        let mut instances = (0..count)
+            .map(|i| Instance::spawn(&c, &phase, &format!("i{i}")))
+            .collect::<Result<Vec<_>>>()?;
+        let secs = wait_until(&mut instances, "every event read", |is| {
+            is.iter()
+                .map(|i| i.metric(crate::telemetry::names::RECORDS_IN).unwrap_or(0.0))
+                .sum::<f64>()
+                >= total as f64
+        })?;
+        writeln!(out, "{count} instance(s): {total} events in {secs:.1} s.")?;
+        rows.push((count, secs));
+        if count == largest && count > 1 {
+            // Every instance holds partitions before one of them dies.
+            wait_until(&mut instances, "all partitions caught up, on every instance", |is| {
+                all_caught_up(is, n) && is.iter().all(|i| !i.caught_up().is_empty())
+            })?;
+            instances.remove(0).kill()?;
+            let secs = wait_until(&mut instances, "the killed instance's partitions caught up elsewhere", |is| {
+                all_caught_up(is, n)
+            })?;
+            failover = Some(secs);
+        }
+        for i in instances {
+            i.stop()?;
+        }
+        if count == 1 {
+            // A new instance, empty data directory, same group: everything from the changelog.
+            let mut fresh = vec![Instance::spawn(&c, &phase, "restore")?];
+            let secs = wait_until(&mut fresh, "the restore", |is| all_caught_up(is, n))?;
+            let (accounts, records, mb, longest) = restored_from_log(&fresh[0].log);
+            restore = Some((secs, accounts, records, mb, longest));
+            fresh.pop().expect("one").stop()?;
+        }
+    }
+
+    let mut t = Table::new();
+    t.load_style(UTF8_FULL_CONDENSED).set_header(vec![
+        "instances",
+        "events",
+        "seconds",
+        "events/s",
+        "ratio to 1 instance",
+    ]);
+    let one = rows.iter().find(|(c, _)| *c == 1).map(|(_, s)| rate(total, *s));
+    for (count, secs) in &rows {
+        let r = rate(total, *secs);
+        t.add_row(vec![
+            Cell::new(count).set_alignment(CellAlignment::Right),
+            Cell::new(total).set_alignment(CellAlignment::Right),
+            Cell::new(format!("{secs:.1}")).set_alignment(CellAlignment::Right),
+            Cell::new(format!("{r:.0}")).set_alignment(CellAlignment::Right),
+            Cell::new(one.map_or("—".into(), |o| format!("{:.2}", r / o)))
+                .set_alignment(CellAlignment::Right),
+        ]);
+    }
+    writeln!(out, "{t}")?;
+    writeln!(
+        out,
+        "Seconds include start-up and joining the group; the machine's cores are shared by every instance and the broker."
+    )?;
+    if let Some((secs, accounts, records, mb, longest)) = restore {
+        // The partitions restore side by side through one consumer: the longest one is the
+        // restore's own duration; the rest of `secs` is start-up, joining and checking.
+        writeln!(
+            out,
+            "Restore by a new instance with an empty data directory: {accounts} accounts, {records} changelog records, {mb:.1} MB. Restoring took {longest:.1} s: {:.0} accounts/s, {:.0} records/s, {:.1} MB/s; start to every partition caught up: {secs:.1} s.",
+            rate(accounts, longest),
+            rate(records, longest),
+            mb / longest.max(1e-9)
+        )?;
+    }
+    if let Some(secs) = failover {
+        writeln!(
+            out,
+            "Failover: SIGKILL of one of {largest} instances to all partitions caught up again elsewhere: {secs:.1} s (kafka.session_timeout_ms = {} bounds how soon the group notices).",
+            b.session_timeout_ms
+        )?;
+    }
+    Ok(())
 }

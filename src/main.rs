@@ -57,6 +57,22 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// The same events processed by 1, 2, 3 instances in one group; a restore of everything
+    /// from the changelog by a new instance; the failover time after a SIGKILL.
+    Scale {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[arg(long, default_value_t = 100_000)]
+        accounts: usize,
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Instance counts to measure, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+        instances: Vec<usize>,
+        /// The instances' kafka.session_timeout_ms (6000 is the broker's minimum).
+        #[arg(long, default_value_t = 6000)]
+        session_timeout_ms: u64,
+    },
     /// Raw consume vs rapport in Kafka mode on the same pre-produced topics, then latency at half
     /// of rapport's maximum rate. Uses fresh, uniquely named topics on the configured broker.
     Kafka {
@@ -291,6 +307,13 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Cmd::Demo(a) => demo(a),
         Cmd::Metrics => {
             print!("{}", telemetry::names::markdown_table());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench { what: BenchWhat::Scale { common, accounts, events, instances, session_timeout_ms } } => {
+            let cfg = load(&common)?;
+            telemetry::init_logs(&cfg.telemetry.log_format);
+            let b = rapport::bench::ScaleBench { accounts, events, instances, session_timeout_ms };
+            rapport::bench::scale(&cfg, &b, &mut std::io::stdout())?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench { what: BenchWhat::Kafka { common, accounts, events, format, latency_seconds, latency_rate } } => {
