@@ -1056,3 +1056,69 @@ pub fn produce(cfg: &Config, input: &Path, format: WireFormat) -> Result<u64> {
     producer.flush(Duration::from_secs(120))?;
     Ok(n)
 }
+
+/// Reads `/status` of a running instance.
+pub fn fetch_status(url: &str) -> Result<String> {
+    let url = format!("{}/status", url.trim_end_matches('/'));
+    let mut r = ureq::get(&url).call().with_context(|| {
+        format!("cannot read {url}: is rapport running there? (its address is telemetry.listen)")
+    })?;
+    Ok(r.body_mut().read_to_string()?)
+}
+
+/// `/status` as tables: the instance, then one row per partition and input topic.
+pub fn status_table(body: &str) -> Result<String> {
+    let v: serde_json::Value = serde_json::from_str(body).context("/status did not answer JSON")?;
+    if v.is_null() || v["partitions"].is_null() {
+        return Ok("This instance reports no partitions yet (starting, or not in Kafka mode).\n".into());
+    }
+    let mut out = format!(
+        "group {} · instance {} · {} rebalancing · outbox {}\n",
+        v["group_id"].as_str().unwrap_or("?"),
+        match v["group_instance_id"].as_str() {
+            Some("") | None => "(dynamic member)",
+            Some(id) => id,
+        },
+        v["assignment"].as_str().unwrap_or("?"),
+        v["outbox_depth"]
+    );
+    let mut t = Table::new();
+    t.load_style(UTF8_FULL_CONDENSED).set_header(vec![
+        "partition", "phase", "topic", "next offset", "end", "lag", "restore",
+    ]);
+    let num = |x: &serde_json::Value| x.as_i64().map_or("—".to_owned(), |n| n.to_string());
+    for p in v["partitions"].as_array().into_iter().flatten() {
+        let restore = match (p["restore"]["read"].as_u64(), p["restore"]["total"].as_u64()) {
+            (Some(r), Some(t)) if t > 0 => format!("{r} / {t} ({:.0}%)", 100.0 * r as f64 / t as f64),
+            _ => String::new(),
+        };
+        let inputs = p["inputs"].as_array().cloned().unwrap_or_default();
+        if inputs.is_empty() {
+            t.add_row(vec![
+                Cell::new(&p["partition"]),
+                Cell::new(p["phase"].as_str().unwrap_or("")),
+                Cell::new(""),
+                Cell::new(""),
+                Cell::new(""),
+                Cell::new(""),
+                Cell::new(restore),
+            ]);
+            continue;
+        }
+        for (i, input) in inputs.iter().enumerate() {
+            let first = i == 0;
+            t.add_row(vec![
+                Cell::new(if first { p["partition"].to_string() } else { String::new() }),
+                Cell::new(if first { p["phase"].as_str().unwrap_or("") } else { "" }),
+                Cell::new(input["topic"].as_str().unwrap_or("")),
+                Cell::new(num(&input["next_offset"])).set_alignment(CellAlignment::Right),
+                Cell::new(num(&input["high_watermark"])).set_alignment(CellAlignment::Right),
+                Cell::new(num(&input["lag"])).set_alignment(CellAlignment::Right),
+                Cell::new(if first { restore.clone() } else { String::new() }),
+            ]);
+        }
+    }
+    out.push_str(&t.to_string());
+    out.push('\n');
+    Ok(out)
+}

@@ -46,6 +46,15 @@ enum Cmd {
     },
     /// Print the reference table of every metric rapport exports (Markdown).
     Metrics,
+    /// Show a running Kafka-mode instance's partitions: phase, positions, lag, restore progress.
+    Status {
+        /// The instance's telemetry address (`telemetry.listen`).
+        #[arg(long, default_value = "http://127.0.0.1:9464")]
+        url: String,
+        /// Print the raw JSON of `/status` instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Send an NDJSON file of events to the Kafka input topics (for trials, tests and benchmarks).
     Produce(ProduceArgs),
     /// Kafka topics: `rapport topics create --config FILE` creates the input, output and DLQ topics.
@@ -305,6 +314,15 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             })
         }
         Cmd::Demo(a) => demo(a),
+        Cmd::Status { url, json } => {
+            let body = rapport::app::fetch_status(&url)?;
+            if json {
+                println!("{body}");
+            } else {
+                print!("{}", rapport::app::status_table(&body)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Metrics => {
             print!("{}", telemetry::names::markdown_table());
             Ok(ExitCode::SUCCESS)

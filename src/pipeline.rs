@@ -219,6 +219,8 @@ pub struct Pipeline {
     held: BTreeSet<u16>,
     /// The highest sequence number handed to the sink.
     last_sent: Option<u64>,
+    /// The highest sequence number of an output (not a changelog record) handed to the sink.
+    last_output: Option<u64>,
 }
 
 fn type_index(ev: &Event) -> usize {
@@ -323,6 +325,7 @@ impl Pipeline {
             gate: Vec::new(),
             held: BTreeSet::new(),
             last_sent: None,
+            last_output: None,
         })
     }
 
@@ -590,6 +593,7 @@ impl Pipeline {
             } else {
                 sink.send(seq, &r)?;
                 self.last_sent = Some(seq);
+                self.last_output = Some(seq);
             }
         }
         self.pump(sink, true)?;
@@ -598,46 +602,42 @@ impl Pipeline {
     }
 
     /// Hands the changelog records that may go now to the sink, and moves `confirmed` up to the
-    /// first row not yet delivered. A changelog record may go once every row before it is
-    /// delivered — or was handed out in this same call right before it (one batch's records go
-    /// together) — and its partition is not held. With `wait`, repeats until nothing more can go.
+    /// first row not yet delivered. A changelog record may go once every output (and dead
+    /// letter) committed before it is delivered, and only if its partition is not held. Records
+    /// of one partition go in sequence order, and the idempotent producer keeps that order on
+    /// the partition. With `wait`, repeats until nothing more can go.
     fn pump(&mut self, sink: &mut dyn Sink, wait: bool) -> Result<(), PipelineError> {
         loop {
             let c = sink.confirmed(wait)?;
+            let outputs = sink.outputs_confirmed()?;
+            // Below this, every output is delivered (no output in flight: everything).
+            let bound = if self.last_output.is_none_or(|l| outputs > l) {
+                u64::MAX
+            } else {
+                outputs
+            };
             let all_delivered = self.last_sent.is_none_or(|l| c > l);
-            let mut sent_now = false;
-            let mut stopped = false;
-            let mut expect = 0u64;
-            let mut first_open: Option<u64> = None;
+            let mut first_sent: Option<u64> = None;
             let gate = std::mem::take(&mut self.gate);
             let mut keep = Vec::with_capacity(gate.len());
             for (seq, rec) in gate {
-                if !stopped {
-                    let ok = if sent_now { seq == expect } else { all_delivered || c >= seq };
-                    stopped = !ok;
-                }
-                if stopped || self.held.contains(&(rec.partition as u16)) {
-                    if !stopped {
-                        expect = seq + 1;
-                    }
+                if seq >= bound || self.held.contains(&(rec.partition as u16)) {
                     keep.push((seq, rec));
                     continue;
                 }
                 sink.send(seq, &rec)?;
                 self.last_sent = Some(self.last_sent.map_or(seq, |l| l.max(seq)));
-                first_open.get_or_insert(seq);
-                sent_now = true;
-                expect = seq + 1;
+                first_sent.get_or_insert(seq);
             }
             self.gate = keep;
             let base = if all_delivered { self.next_seq } else { c };
-            let lowest = [Some(base), first_open, self.gate.first().map(|(s, _)| *s)]
+            let lowest = [Some(base), first_sent, self.gate.first().map(|(s, _)| *s)]
                 .into_iter()
                 .flatten()
                 .min()
                 .unwrap_or(base);
             self.confirmed = self.confirmed.max(lowest);
-            if !(wait && sent_now) {
+            if !(wait && first_sent.is_some()) {
                 return Ok(());
             }
         }
@@ -1076,6 +1076,7 @@ impl Pipeline {
             } else {
                 sink.send(seq, &rec)?;
                 self.last_sent = Some(seq);
+                self.last_output = Some(seq);
             }
         }
         self.pump(sink, false)?;

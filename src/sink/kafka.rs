@@ -101,7 +101,11 @@ pub struct KafkaSink {
     topics: [String; 4],
     /// Sent and not yet delivered, by sequence number (kept to resend on failure).
     in_flight: BTreeSet<u64>,
+    /// The subset of `in_flight` that is not changelog records.
+    outputs_in_flight: BTreeSet<u64>,
     next_seq: u64,
+    /// One past the highest output (not changelog) sequence sent.
+    next_output_seq: u64,
 }
 
 impl KafkaSink {
@@ -136,7 +140,9 @@ impl KafkaSink {
                 cfg.kafka.changelog_topic.clone(),
             ],
             in_flight: BTreeSet::new(),
+            outputs_in_flight: BTreeSet::new(),
             next_seq: 0,
+            next_output_seq: 0,
         })
     }
 
@@ -173,26 +179,15 @@ impl KafkaSink {
                 value: Some(&value),
             });
         }
-        loop {
-            let mut r = BaseRecord::with_opaque_to(topic, Box::new(seq)).payload(&rec.payload);
-            if !rec.headers.is_empty() {
-                r = r.headers(headers.clone());
-            }
-            // Dead letters keep their source partition as the key's partition when known.
-            if !rec.key.is_empty() {
-                r = r.key(&rec.key);
-            }
-            match self.producer.send(r) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    // librdkafka's queue is full: serve delivery reports until there is room.
-                    self.producer.poll(Duration::from_millis(50));
-                }
-                Err((e, _)) => {
-                    return Err(SinkError::Other(format!("cannot produce to {topic}: {e}")));
-                }
-            }
+        let mut r = BaseRecord::with_opaque_to(topic, Box::new(seq)).payload(&rec.payload);
+        if !rec.headers.is_empty() {
+            r = r.headers(headers);
         }
+        // Dead letters keep their source partition as the key's partition when known.
+        if !rec.key.is_empty() {
+            r = r.key(&rec.key);
+        }
+        send_waiting(&self.producer, r)
     }
 
     /// A changelog record goes to the account partition's own changelog partition, keyed by its
@@ -209,24 +204,14 @@ impl KafkaSink {
                 value: Some(w),
             });
         }
-        loop {
-            let mut r = BaseRecord::with_opaque_to(topic, Box::new(seq))
-                .key(&rec.key)
-                .partition(rec.partition)
-                .headers(headers.clone());
-            if !tombstone {
-                r = r.payload(&rec.payload);
-            }
-            match self.producer.send(r) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    self.producer.poll(Duration::from_millis(50));
-                }
-                Err((e, _)) => {
-                    return Err(SinkError::Other(format!("cannot produce to {topic}: {e}")));
-                }
-            }
+        let mut r = BaseRecord::with_opaque_to(topic, Box::new(seq))
+            .key(&rec.key)
+            .partition(rec.partition)
+            .headers(headers);
+        if !tombstone {
+            r = r.payload(&rec.payload);
         }
+        send_waiting(&self.producer, r)
     }
 
     /// Serves delivery reports; resends failures. Returns the lowest undelivered sequence.
@@ -242,6 +227,7 @@ impl KafkaSink {
         };
         for seq in done {
             self.in_flight.remove(&seq);
+            self.outputs_in_flight.remove(&seq);
         }
         if !failed.is_empty() {
             kafka_stats::produce_failures(failed.len() as u64);
@@ -265,31 +251,17 @@ impl KafkaSink {
                 value: Some(v),
             });
         }
-        loop {
-            let mut r =
-                BaseRecord::with_opaque_to(&f.topic, Box::new(seq)).headers(headers.clone());
-            if let Some(v) = &f.payload {
-                r = r.payload(v);
-            }
-            if let Some(k) = &f.key {
-                r = r.key(k);
-            }
-            if f.partition >= 0 {
-                r = r.partition(f.partition);
-            }
-            match self.producer.send(r) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    self.producer.poll(Duration::from_millis(50));
-                }
-                Err((e, _)) => {
-                    return Err(SinkError::Other(format!(
-                        "cannot produce to {}: {e}",
-                        f.topic
-                    )));
-                }
-            }
+        let mut r = BaseRecord::with_opaque_to(&f.topic, Box::new(seq)).headers(headers);
+        if let Some(v) = &f.payload {
+            r = r.payload(v);
         }
+        if let Some(k) = &f.key {
+            r = r.key(k);
+        }
+        if f.partition >= 0 {
+            r = r.partition(f.partition);
+        }
+        send_waiting(&self.producer, r)
     }
 
     /// Records handed to the producer and not yet acknowledged.
@@ -298,12 +270,49 @@ impl KafkaSink {
     }
 }
 
+/// Hands a record to librdkafka; while its queue is full, serves delivery reports until there is
+/// room.
+fn send_waiting<K, P>(
+    producer: &BaseProducer<DeliveryContext>,
+    mut r: BaseRecord<'_, K, P, Box<u64>>,
+) -> Result<(), SinkError>
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(r) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                r = back;
+                producer.poll(Duration::from_millis(50));
+            }
+            Err((e, back)) => {
+                return Err(SinkError::Other(format!("cannot produce to {}: {e}", back.topic)));
+            }
+        }
+    }
+}
+
 impl Sink for KafkaSink {
     fn send(&mut self, seq: u64, rec: &OutboxRecord) -> Result<(), SinkError> {
         self.produce(seq, rec)?;
         self.in_flight.insert(seq);
         self.next_seq = self.next_seq.max(seq + 1);
+        if rec.kind != OutputKind::Changelog as u32 {
+            self.outputs_in_flight.insert(seq);
+            self.next_output_seq = self.next_output_seq.max(seq + 1);
+        }
         Ok(())
+    }
+
+    fn outputs_confirmed(&mut self) -> Result<u64, SinkError> {
+        self.settle()?;
+        Ok(self
+            .outputs_in_flight
+            .first()
+            .copied()
+            .unwrap_or(self.next_output_seq))
     }
 
     fn confirmed(&mut self, wait: bool) -> Result<u64, SinkError> {

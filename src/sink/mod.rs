@@ -46,4 +46,9 @@ pub trait Sink {
     /// The sequence number below which every record sent is delivered. With `wait`, blocks until
     /// everything sent so far is delivered (or fails).
     fn confirmed(&mut self, wait: bool) -> Result<u64, SinkError>;
+    /// The same for the records that are not changelog records (outputs and dead letters): the
+    /// pipeline publishes a changelog record only once every output before it is delivered.
+    fn outputs_confirmed(&mut self) -> Result<u64, SinkError> {
+        self.confirmed(false)
+    }
 }
