@@ -252,8 +252,12 @@ struct Engine {
 /// A partition's way from "given by the group" to "being read".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PartitionPhase {
+    /// To check against its changelog (again, if the broker did not answer the first time).
+    ToCheck,
     /// Reading the changelog's last record: who wrote it?
     Checking,
+    /// Local state dropped; the changelog read is to start (again).
+    ToRestore { reason: &'static str },
     /// Reading the changelog into the store.
     Restoring { total: u64, started_ms: i64 },
 }
@@ -324,6 +328,7 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
     let mut last_mem = Instant::now() - Duration::from_secs(60);
     let mut last_status = Instant::now() - Duration::from_secs(60);
     let mut last_restore_log = Instant::now();
+    let mut last_broker_warning = Instant::now() - Duration::from_secs(60);
     loop {
         if opts.shutdown.is_triggered() {
             summary.stopped_by_signal = true;
@@ -372,8 +377,29 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
             }
         }
         for p in assigned {
-            reader.check_tail(p)?;
-            phases.insert(p, PartitionPhase::Checking);
+            phases.insert(p, PartitionPhase::ToCheck);
+        }
+        // Checks and restores that need the broker now; a broker that does not answer leaves
+        // them for the next turn of the loop (the partition stays unread meanwhile).
+        for (p, phase) in phases.iter_mut() {
+            match *phase {
+                PartitionPhase::ToCheck => match reader.check_tail(*p) {
+                    Ok(()) => *phase = PartitionPhase::Checking,
+                    Err(e) => broker_trouble(&mut last_broker_warning, *p, &e),
+                },
+                PartitionPhase::ToRestore { reason } => match reader.restore(*p) {
+                    Ok(total) => {
+                        info!(partition = p, records = total, reason, "Restoring the partition from the changelog; its timers and alerts wait until it is done.");
+                        crate::telemetry::RestoreStarted { partition: *p, records: total }.emit();
+                        *phase = PartitionPhase::Restoring {
+                            total,
+                            started_ms: wall_now_ms(),
+                        };
+                    }
+                    Err(e) => broker_trouble(&mut last_broker_warning, *p, &e),
+                },
+                _ => {}
+            }
         }
         if !reader.is_idle() {
             let budget = if batch.records.is_empty() {
@@ -412,16 +438,7 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
                             "there is no local state"
                         };
                         pipeline.begin_restore(p)?;
-                        let total = reader.restore(p)?;
-                        info!(partition = p, records = total, reason = why, "Restoring the partition from the changelog; its timers and alerts wait until it is done.");
-                        phases.insert(
-                            p,
-                            PartitionPhase::Restoring {
-                                total,
-                                started_ms: wall_now_ms(),
-                            },
-                        );
-                        crate::telemetry::RestoreStarted { partition: p, records: total }.emit();
+                        phases.insert(p, PartitionPhase::ToRestore { reason: why });
                     }
                 }
                 Found::Group(p, records) => {
@@ -547,6 +564,14 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
     Ok(summary)
 }
 
+/// A check or restore could not reach the broker: said at most every 10 s.
+fn broker_trouble(last: &mut Instant, p: u16, e: &dyn std::fmt::Display) {
+    if last.elapsed() >= Duration::from_secs(10) {
+        tracing::warn!(partition = p, error = %e, "Cannot read the changelog yet; trying again.");
+        *last = Instant::now();
+    }
+}
+
 /// What `/status` shows of a Kafka-mode instance: every partition the group gave it, with its
 /// phase, positions, lag and restore progress.
 fn kafka_status(
@@ -565,7 +590,8 @@ fn kafka_status(
         .iter()
         .map(|p| {
             let phase = match phases.get(p) {
-                Some(PartitionPhase::Checking) => "checking",
+                Some(PartitionPhase::ToCheck | PartitionPhase::Checking) => "checking",
+                Some(PartitionPhase::ToRestore { .. }) => "restoring",
                 Some(PartitionPhase::Restoring { .. }) => "restoring",
                 None if caught_up.contains(p) => "caught_up",
                 None => "catching_up",

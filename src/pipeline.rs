@@ -402,6 +402,9 @@ impl Pipeline {
         self.close_changelog(p)?;
         let mut w = WriteSet::default();
         let (lo, hi) = keys::partition_range(p);
+        // The accounts leaving with the partition's local state leave the tallies too.
+        self.tally_partition(p, -1)?;
+        w.put(Cf::Meta, COUNTERS_KEY, &self.counters.encode_to_vec());
         for cf in [Cf::State, Cf::Dedup, Cf::Timers] {
             w.delete_range(cf, &lo, &hi);
         }
@@ -417,6 +420,25 @@ impl Pipeline {
         self.timers[p as usize].clear();
         self.clocks[p as usize] = 0;
         self.forget_cached_states(&[p]);
+        Ok(())
+    }
+
+    /// Removes (`by` = -1) partition `p`'s stored accounts from the account and band tallies of
+    /// the counters (`end_restore` adds the restored ones back).
+    fn tally_partition(&mut self, p: u16, by: i64) -> Result<(), PipelineError> {
+        let (lo, hi) = keys::partition_range(p);
+        let bands = self.cfg.scorecard.bands.clone();
+        let counters = &mut self.counters;
+        self.store.scan(Cf::State, &lo, &mut |k, v| {
+            if k >= hi.as_slice() {
+                return false;
+            }
+            if let Ok(s) = state::decode(v) {
+                counters.accounts = counters.accounts.saturating_add_signed(by);
+                bump_band(counters, s.scored.then(|| Band::of(s.emitted_score, &bands)), by);
+            }
+            true
+        })?;
         Ok(())
     }
 
@@ -503,6 +525,8 @@ impl Pipeline {
         let mut w = WriteSet::default();
         let mut bad = None;
         let mut accounts = 0u64;
+        let bands = self.cfg.scorecard.bands.clone();
+        let counters = &mut self.counters;
         self.store.scan(Cf::State, &lo, &mut |k, v| {
             if k >= hi.as_slice() {
                 return false;
@@ -513,6 +537,8 @@ impl Pipeline {
             match state::decode(v) {
                 Ok(s) => {
                     accounts += 1;
+                    counters.accounts += 1;
+                    bump_band(counters, s.scored.then(|| Band::of(s.emitted_score, &bands)), 1);
                     if s.timer_due_ms != 0 {
                         w.put(Cf::Timers, &timer_key(p, s.timer_due_ms, acct), &[]);
                         timers.insert((s.timer_due_ms, acct.to_owned()));
@@ -528,6 +554,7 @@ impl Pipeline {
         if let Some((account, source)) = bad {
             return Err(PipelineError::State { account, source });
         }
+        w.put(Cf::Meta, COUNTERS_KEY, &self.counters.encode_to_vec());
         w.delete(Cf::Meta, &changelog_behind_key(p));
         self.store.commit(&w)?;
         self.open_changelog(p);

@@ -68,7 +68,7 @@ pub struct Ownership {
     /// Set when a revocation happened during the current poll.
     pub revoked_since_poll: bool,
     pub rebalances: u64,
-    /// Set once the group has assigned us partitions for the first time.
+    /// Set once the group has assigned us partitions (a non-empty assignment) for the first time.
     pub joined: bool,
 }
 
@@ -125,7 +125,9 @@ impl ConsumerContext for MemberContext {
                 let parts = partitions_of(tpl);
                 let mut own = self.ownership.lock().unwrap();
                 own.rebalances += 1;
-                own.joined = true;
+                // The cooperative protocol's first round may give nothing yet: only a real
+                // assignment tells which partitions are not ours.
+                own.joined |= !parts.is_empty();
                 for p in &parts {
                     if own.group.insert(*p) {
                         own.assigned.push(*p);
