@@ -26,6 +26,20 @@ need_system_packages() {
   command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs) first." >&2; exit 1; }
 }
 
+# What the tests use besides Rust: a real Prometheus and promtool (Debian's prometheus), and
+# Python's jsonschema and PyYAML for the Kubernetes schema check.
+need_test_tools() {
+  if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+    echo "Installing prometheus (the operations tests run a real server and promtool)…" >&2
+    local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq prometheus >/dev/null
+  fi
+  if ! python3 -c 'import jsonschema, referencing, yaml' 2>/dev/null; then
+    echo "Installing jsonschema and PyYAML (the Kubernetes manifest check)…" >&2
+    python3 -m pip install --quiet --disable-pip-version-check jsonschema pyyaml
+  fi
+}
+
 # One profile (release) for the binary, the tests and the benchmarks: RocksDB is built once.
 build() { need_system_packages; cargo build --release --locked --bins; }
 
@@ -37,6 +51,7 @@ case "${1:-}" in
     ;;
   test)
     need_system_packages
+    need_test_tools
     shift
     cargo build --release --locked --bins
     # The Kafka tests run against a real broker on loopback, started here (and stopped again

@@ -219,6 +219,7 @@ pub fn run_embedded(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
         .emit();
         if last_mem.elapsed() > Duration::from_secs(5) {
             telemetry::record_store_memory(&store.memory_bytes());
+            telemetry::record_write_pressure(&store.write_pressure());
             last_mem = Instant::now();
         }
         if let Some(b) = &bar {
@@ -329,6 +330,9 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
     let mut last_status = Instant::now() - Duration::from_secs(60);
     let mut last_restore_log = Instant::now();
     let mut last_broker_warning = Instant::now() - Duration::from_secs(60);
+    let mut last_lag = Instant::now() - Duration::from_secs(60);
+    let input_topics: Vec<String> =
+        cfg.kafka.input_topics.all().iter().map(|t| t.to_string()).collect();
     loop {
         if opts.shutdown.is_triggered() {
             summary.stopped_by_signal = true;
@@ -359,6 +363,7 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
         {
             let mut e = engine.lock().unwrap();
             for p in &revoked {
+                crate::telemetry::kafka_stats::clear_lag(&input_topics, *p);
                 reader.cancel(*p);
                 if phases.remove(p).is_some() {
                     info!(partition = p, "Partition revoked before it was ready; its restore is abandoned.");
@@ -494,6 +499,10 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
         let caught_up = source.caught_up();
         let owned = ownership.lock().unwrap().owned.len();
         metrics::gauge!(crate::telemetry::names::KAFKA_OWNED_PARTITIONS).set(owned as f64);
+        if last_lag.elapsed() >= Duration::from_secs(1) {
+            crate::telemetry::kafka_stats::record_lag(&source.lag());
+            last_lag = Instant::now();
+        }
         if let Some(h) = &opts.health {
             let ready = !group.is_empty()
                 && owned == group.len()
@@ -541,6 +550,7 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
         source.commit_to_group(false);
         if last_mem.elapsed() > Duration::from_secs(5) {
             telemetry::record_store_memory(&store.memory_bytes());
+            telemetry::record_write_pressure(&store.write_pressure());
             last_mem = Instant::now();
         }
     }

@@ -1,6 +1,6 @@
-//! The Kubernetes manifests in `deploy/kubernetes/` configure rapport with keys it knows: the
-//! ConfigMap's `rapport.toml` loads and passes the start-up checks, and every `RAPPORT_*`
-//! variable the StatefulSet sets names a key of `config/default.toml`.
+//! The Kubernetes manifests in `deploy/kubernetes/`: valid against the (vendored, strict)
+//! Kubernetes JSON schemas; the ConfigMap's `rapport.toml` loads and passes the start-up checks;
+//! every `RAPPORT_*` variable the StatefulSet sets names a key of `config/default.toml`.
 
 use std::path::Path;
 
@@ -61,4 +61,16 @@ fn every_variable_the_statefulset_sets_is_a_configuration_key() {
             "RAPPORT_{name}: there is no key {section}.{key} in config/default.toml"
         );
     }
+}
+
+#[test]
+fn the_manifests_are_valid_against_the_kubernetes_schemas() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/validate.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .output()
+        .expect("python3 runs (./dev.sh test installs jsonschema and PyYAML)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "deploy/kubernetes/validate.py:\n{text}");
+    assert!(text.contains(" 0 failed"), "{text}");
 }

@@ -168,6 +168,17 @@ impl WriteSet {
     }
 }
 
+/// RocksDB's write stalls, as operators watch them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WritePressure {
+    /// Writes are stopped (too many memtables or level-0 files waiting for flush/compaction).
+    pub stopped: bool,
+    /// The rate writes are throttled to, bytes/s (0: not throttled).
+    pub delayed_write_rate: u64,
+    /// Bytes compaction estimates it has to rewrite to get back into shape.
+    pub pending_compaction_bytes: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("RocksDB error: {0}")]
@@ -205,5 +216,9 @@ pub trait Store: Send + Sync {
     /// Memory use by kind ("block_cache", "memtables", "table_readers"), bytes.
     fn memory_bytes(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
+    }
+    /// Whether writes are being held back, and how much compaction is behind.
+    fn write_pressure(&self) -> WritePressure {
+        WritePressure::default()
     }
 }

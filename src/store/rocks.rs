@@ -286,4 +286,23 @@ impl Store for RocksStore {
             ("table_readers", readers),
         ]
     }
+
+    fn write_pressure(&self) -> super::WritePressure {
+        let db = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
+        let pending = Cf::ALL
+            .iter()
+            .map(|cf| {
+                self.db
+                    .property_int_value_cf(self.cf(*cf), "rocksdb.estimate-pending-compaction-bytes")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+            })
+            .sum();
+        super::WritePressure {
+            stopped: db("rocksdb.is-write-stopped") != 0,
+            delayed_write_rate: db("rocksdb.actual-delayed-write-rate"),
+            pending_compaction_bytes: pending,
+        }
+    }
 }

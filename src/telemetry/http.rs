@@ -47,6 +47,7 @@ pub fn install_recorder() -> Option<PrometheusHandle> {
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).ok()?;
     super::describe();
+    super::init_series();
     Some(handle)
 }
 

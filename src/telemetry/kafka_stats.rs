@@ -7,18 +7,28 @@ use tracing::warn;
 
 use super::names::*;
 
-/// Consumer lag per topic partition and broker round-trip times.
+/// Broker round-trip times of a consumer. (Consumer lag is [`record_lag`]'s: librdkafka's own
+/// is measured from offsets committed to the group, which rapport's reader never commits.)
 pub fn record_consumer(s: &Statistics) {
-    for (topic, t) in &s.topics {
-        for (p, part) in &t.partitions {
-            if *p < 0 || part.consumer_lag < 0 {
-                continue;
-            }
+    record_brokers(s, "consumer");
+}
+
+/// Consumer lag per input topic partition: its end offset minus the next offset to process.
+pub fn record_lag(lag: &[(String, i32, Option<i64>, Option<i64>)]) {
+    for (topic, p, next, high) in lag {
+        if let (Some(n), Some(h)) = (next, high) {
             gauge!(KAFKA_CONSUMER_LAG, "topic" => topic.clone(), "partition" => p.to_string())
-                .set(part.consumer_lag as f64);
+                .set((h - n).max(0) as f64);
         }
     }
-    record_brokers(s, "consumer");
+}
+
+/// A partition that is no longer read here lags nothing here.
+pub fn clear_lag(topics: &[String], partition: u16) {
+    for t in topics {
+        gauge!(KAFKA_CONSUMER_LAG, "topic" => t.clone(), "partition" => partition.to_string())
+            .set(0.0);
+    }
 }
 
 pub fn record_producer(s: &Statistics) {
@@ -36,6 +46,11 @@ fn record_brokers(s: &Statistics, client: &'static str) {
         }
     }
 }
+
+/// The stages and codes of `rapport_errors_total`: a small fixed set, so that every series can
+/// exist (at zero) from the start.
+pub const ERROR_STAGES: [&str; 3] = ["consume", "produce", "restore"];
+pub const ERROR_CODES: [&str; 4] = ["brokers_down", "transport", "authentication", "kafka"];
 
 /// A client-level error (broker down, authentication failed, ...). librdkafka retries by itself.
 pub fn client_error(stage: &'static str, e: &KafkaError, reason: &str) {

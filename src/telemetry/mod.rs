@@ -113,6 +113,46 @@ pub fn record_store_memory(parts: &[(&'static str, u64)]) {
     }
 }
 
+/// RocksDB's write stalls (sampled with the memory).
+pub fn record_write_pressure(w: &crate::store::WritePressure) {
+    gauge!(ROCKSDB_WRITE_STOPPED).set(if w.stopped { 1.0 } else { 0.0 });
+    gauge!(ROCKSDB_DELAYED_WRITE_RATE).set(w.delayed_write_rate as f64);
+    gauge!(ROCKSDB_PENDING_COMPACTION).set(w.pending_compaction_bytes as f64);
+}
+
+/// Creates every series whose labels are known in advance at zero, so that dashboards and
+/// alert rules see a 0 (and `rate()` works) before the first event of a kind ever happens.
+pub fn init_series() {
+    for (name, kind, labels, _) in ALL {
+        if labels.is_empty() {
+            match *kind {
+                "counter" => counter!(*name).absolute(0),
+                "gauge" => gauge!(*name).set(0.0),
+                _ => {}
+            }
+        }
+    }
+    for t in TYPES {
+        counter!(EVENTS_IN, "type" => t).absolute(0);
+    }
+    for r in crate::codec::Reason::ALL {
+        counter!(RECORDS_REJECTED, "reason" => r.code()).absolute(0);
+    }
+    for rule in crate::domain::alert::RULES {
+        for status in ["open", "resolved"] {
+            counter!(ALERTS, "rule" => rule.name(), "status" => status).absolute(0);
+        }
+    }
+    for band in ["green", "yellow", "red"] {
+        gauge!(ACCOUNTS_BY_BAND, "band" => band).set(0.0);
+    }
+    for stage in kafka_stats::ERROR_STAGES {
+        for code in kafka_stats::ERROR_CODES {
+            counter!(ERRORS, "stage" => stage, "error_code" => code).absolute(0);
+        }
+    }
+}
+
 /// Registers each metric's description with the recorder.
 pub fn describe() {
     for (name, kind, _, help) in ALL {

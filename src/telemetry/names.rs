@@ -21,6 +21,9 @@ pub const TIMERS_SCHEDULED: &str = "rapport_timers_scheduled";
 pub const OUTBOX_DEPTH: &str = "rapport_outbox_depth";
 pub const ERRORS: &str = "rapport_errors_total";
 pub const ROCKSDB_MEMORY_BYTES: &str = "rapport_rocksdb_memory_bytes";
+pub const ROCKSDB_WRITE_STOPPED: &str = "rapport_rocksdb_write_stopped";
+pub const ROCKSDB_DELAYED_WRITE_RATE: &str = "rapport_rocksdb_delayed_write_rate_bytes";
+pub const ROCKSDB_PENDING_COMPACTION: &str = "rapport_rocksdb_pending_compaction_bytes";
 
 pub const KAFKA_CONSUMER_LAG: &str = "rapport_kafka_consumer_lag";
 pub const KAFKA_BROKER_RTT_SECONDS: &str = "rapport_kafka_broker_rtt_seconds";
@@ -132,7 +135,7 @@ pub const ALL: &[MetricDoc] = &[
         KAFKA_CONSUMER_LAG,
         "gauge",
         "topic,partition",
-        "Messages behind the end of each input partition (librdkafka statistics).",
+        "Records behind the end of each input partition read here (end offset minus next to process).",
     ),
     (
         KAFKA_BROKER_RTT_SECONDS,
@@ -205,6 +208,24 @@ pub const ALL: &[MetricDoc] = &[
         "gauge",
         "kind",
         "RocksDB memory: block_cache, memtables, table_readers.",
+    ),
+    (
+        ROCKSDB_WRITE_STOPPED,
+        "gauge",
+        "",
+        "1 while RocksDB stops writes (memtables or level-0 files waiting for flush or compaction).",
+    ),
+    (
+        ROCKSDB_DELAYED_WRITE_RATE,
+        "gauge",
+        "",
+        "The rate RocksDB throttles writes to, bytes/s; 0 when it does not.",
+    ),
+    (
+        ROCKSDB_PENDING_COMPACTION,
+        "gauge",
+        "",
+        "Bytes RocksDB estimates compaction has to rewrite.",
     ),
 ];
 
