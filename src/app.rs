@@ -250,6 +250,10 @@ struct Engine {
     sink: crate::sink::kafka::KafkaSink,
 }
 
+/// How long the changelog records of a partition whose assignment was lost wait for it to come
+/// back (published if its changelog is untouched since) before they are dropped.
+const HELD_GRACE: Duration = Duration::from_secs(60);
+
 /// A partition's way from "given by the group" to "being read".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PartitionPhase {
@@ -259,6 +263,9 @@ enum PartitionPhase {
     Checking,
     /// Local state dropped; the changelog read is to start (again).
     ToRestore { reason: &'static str },
+    /// Ready to be read, waiting for consumption to resume (backpressure): a partition is never
+    /// assigned paused, which librdkafka can answer by forgetting its start offset.
+    ToActivate,
     /// Reading the changelog into the store.
     Restoring { total: u64, started_ms: i64 },
 }
@@ -301,9 +308,18 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
     }
     let engine = Arc::new(std::sync::Mutex::new(Engine { pipeline, sink }));
     let hook_engine = Arc::clone(&engine);
-    source.set_revoke_hook(Box::new(move |parts: &[u16]| {
+    source.set_revoke_hook(Box::new(move |parts: &[u16], lost: bool| {
         let mut e = hook_engine.lock().unwrap();
         let Engine { pipeline, sink } = &mut *e;
+        if lost {
+            // Another instance may own them already and be writing their changelog: publish
+            // nothing of theirs now. Their records wait; if they come back with their changelog
+            // untouched, the records go out, otherwise they are dropped (see the loop).
+            for p in parts {
+                pipeline.hold_changelog(*p);
+            }
+            return;
+        }
         // Hand the partitions over complete: their outputs delivered, their changelog written.
         if let Err(err) = pipeline.finish(sink) {
             tracing::warn!(error = %err, "Could not publish everything before giving partitions up; their new owner reads again from the last checkpoint.");
@@ -320,6 +336,8 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
     let ownership = source.ownership();
     let mut phases: BTreeMap<u16, PartitionPhase> = BTreeMap::new();
     let mut startup_settled = false;
+    // When each partition the group took away went; see HELD_GRACE.
+    let mut gone_since: HashMap<u16, Instant> = HashMap::new();
     let mut found = Vec::new();
 
     let start = Instant::now();
@@ -368,7 +386,19 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
                 if phases.remove(p).is_some() {
                     info!(partition = p, "Partition revoked before it was ready; its restore is abandoned.");
                 }
-                e.pipeline.close_changelog(*p)?;
+                // Changelog records still held (a lost assignment) wait a while for the
+                // partition to come back before they are given up.
+                gone_since.insert(*p, Instant::now());
+            }
+            gone_since.retain(|p, _| !group.contains(p));
+            let expired: Vec<u16> = gone_since
+                .iter()
+                .filter(|(_, t)| t.elapsed() >= HELD_GRACE)
+                .map(|(p, _)| *p)
+                .collect();
+            for p in expired {
+                gone_since.remove(&p);
+                e.pipeline.close_changelog(p)?;
             }
             if joined && !startup_settled {
                 // Changelog records an earlier run left for partitions that are not ours now
@@ -426,12 +456,10 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
                     let ours = writer == Some(store_id);
                     let fresh = empty && !pipeline.has_positions(p);
                     if !behind && (ours || fresh) {
-                        phases.remove(&p);
                         pipeline.open_changelog(p);
-                        let positions = pipeline.partition_positions(p);
                         drop(e);
                         info!(partition = p, "Local state is up to date with the changelog; starting at once.");
-                        source.activate(p, &positions);
+                        phases.insert(p, PartitionPhase::ToActivate);
                     } else {
                         let why = if behind {
                             "the local state was left ahead of its changelog"
@@ -462,17 +490,27 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
                         continue;
                     }
                     let accounts = pipeline.end_restore(p)?;
-                    let positions = pipeline.partition_positions(p);
                     drop(e);
-                    phases.remove(&p);
                     crate::telemetry::RestoreFinished {
                         partition: p,
                         accounts,
                         stats,
                     }
                     .emit();
-                    source.activate(p, &positions);
+                    phases.insert(p, PartitionPhase::ToActivate);
                 }
+            }
+        }
+        if !source.is_paused() {
+            let ready: Vec<u16> = phases
+                .iter()
+                .filter(|(_, ph)| **ph == PartitionPhase::ToActivate)
+                .map(|(p, _)| *p)
+                .collect();
+            for p in ready {
+                phases.remove(&p);
+                let positions = engine.lock().unwrap().pipeline.partition_positions(p);
+                source.activate(p, &positions);
             }
         }
         let restoring: Vec<(u16, u64, u64)> = reader
@@ -602,6 +640,7 @@ fn kafka_status(
             let phase = match phases.get(p) {
                 Some(PartitionPhase::ToCheck | PartitionPhase::Checking) => "checking",
                 Some(PartitionPhase::ToRestore { .. }) => "restoring",
+                Some(PartitionPhase::ToActivate) => "catching_up",
                 Some(PartitionPhase::Restoring { .. }) => "restoring",
                 None if caught_up.contains(p) => "caught_up",
                 None => "catching_up",

@@ -4,9 +4,10 @@
 //! Every committed batch adds, through the outbox, for each account partition it touched:
 //! the changed account states (`s:<account>`), one dedup chunk with the marks it added
 //! (`d:<day>:<writer>:<seq>`), tombstones for chunks that left the dedup window, and last a
-//! checkpoint (`c`) with the partition's input positions and stream time. Timers and open alerts
-//! are part of the account states. Every record carries a `writer` header: the id of the store
-//! that wrote it.
+//! checkpoint (`c:<writer>`) with the partition's input positions and stream time. Timers and
+//! open alerts are part of the account states. Every record carries two headers: `writer`, the
+//! id of the store that wrote it, and `batch`, the batch's first outbox sequence number (which
+//! only grows, per store).
 //!
 //! # The guarantee
 //!
@@ -18,11 +19,16 @@
 //!   process died). The new owner then restores the last published checkpoint and reads the
 //!   inputs again from its positions: the state it reaches is the same, and the outputs in between
 //!   are published again with the same ids (at-least-once, deduplicated by id).
-//! - A restore applies a record only if a checkpoint follows it in the partition's log: records
-//!   of a batch whose checkpoint never made it (the writer died half-way) are ignored, so the
-//!   restored states and positions always belong together. Compaction keeps this true: it never
-//!   drops the latest checkpoint, and a state record's previous version is dropped only in favour
-//!   of a later record of the same account.
+//! - A restore applies a record only if a later checkpoint *of the same writer*, of the same or a
+//!   later batch, follows it in the partition's log: records of a batch whose checkpoint never
+//!   made it (the writer died half-way) are ignored even when another writer's checkpoints come
+//!   after them, so the restored states and positions always belong together. Positions come
+//!   from the last checkpoint in the log. Compaction keeps this true: checkpoints are keyed by
+//!   writer, so each writer's latest checkpoint stays, after all of that writer's complete
+//!   batches; a state record's previous version is dropped only in favour of a later record of
+//!   the same account.
+//! - Records are never sent twice out of order: the producer is idempotent and retries without
+//!   a time limit (a record that cannot be delivered at all stops the instance instead).
 //! - A partition whose changelog was last written by this store, and whose local state was never
 //!   left behind by it (`cl_behind` in `meta`), starts at once from its local state.
 
@@ -33,11 +39,15 @@ use prost::Message;
 use crate::pb::{DedupChunk, OutboxRecord, PartitionCheckpoint};
 use crate::sink::OutputKind;
 
-/// Key of a partition's checkpoint record.
-pub const CHECKPOINT_KEY: &str = "c";
+/// Key of a writer's checkpoint record.
+pub fn checkpoint_key(writer: &[u8; 16]) -> String {
+    format!("c:{}", hex(writer))
+}
 
 /// Header that names the store that wrote a record.
 pub const WRITER_HEADER: &str = "writer";
+/// Header with the batch a record belongs to (big-endian u64).
+pub const BATCH_HEADER: &str = "batch";
 /// Header set on records that are to be published as tombstones (null values).
 pub const TOMBSTONE_HEADER: &str = "tombstone";
 
@@ -50,7 +60,7 @@ pub enum Key<'a> {
 }
 
 pub fn parse_key(k: &str) -> Option<Key<'_>> {
-    if k == CHECKPOINT_KEY {
+    if k.starts_with("c:") {
         return Some(Key::Checkpoint);
     }
     if let Some(acct) = k.strip_prefix("s:") {
@@ -83,9 +93,10 @@ pub struct Changelog {
 }
 
 impl Changelog {
-    fn record(&self, partition: u16, key: String, payload: Vec<u8>) -> OutboxRecord {
-        let mut headers = HashMap::with_capacity(1);
+    fn record(&self, partition: u16, batch: u64, key: String, payload: Vec<u8>) -> OutboxRecord {
+        let mut headers = HashMap::with_capacity(2);
         headers.insert(WRITER_HEADER.to_owned(), self.writer.to_vec());
+        headers.insert(BATCH_HEADER.to_owned(), batch.to_be_bytes().to_vec());
         OutboxRecord {
             kind: OutputKind::Changelog as u32,
             key,
@@ -95,22 +106,22 @@ impl Changelog {
         }
     }
 
-    pub fn state(&self, partition: u16, account: &str, encoded: &[u8]) -> OutboxRecord {
-        self.record(partition, state_key(account), encoded.to_vec())
+    pub fn state(&self, partition: u16, batch: u64, account: &str, encoded: &[u8]) -> OutboxRecord {
+        self.record(partition, batch, state_key(account), encoded.to_vec())
     }
 
-    pub fn chunk(&self, partition: u16, key: String, chunk: &DedupChunk) -> OutboxRecord {
-        self.record(partition, key, chunk.encode_to_vec())
+    pub fn chunk(&self, partition: u16, batch: u64, key: String, chunk: &DedupChunk) -> OutboxRecord {
+        self.record(partition, batch, key, chunk.encode_to_vec())
     }
 
-    pub fn tombstone(&self, partition: u16, key: String) -> OutboxRecord {
-        let mut r = self.record(partition, key, Vec::new());
+    pub fn tombstone(&self, partition: u16, batch: u64, key: String) -> OutboxRecord {
+        let mut r = self.record(partition, batch, key, Vec::new());
         r.headers.insert(TOMBSTONE_HEADER.to_owned(), b"1".to_vec());
         r
     }
 
-    pub fn checkpoint(&self, partition: u16, c: &PartitionCheckpoint) -> OutboxRecord {
-        self.record(partition, CHECKPOINT_KEY.to_owned(), c.encode_to_vec())
+    pub fn checkpoint(&self, partition: u16, batch: u64, c: &PartitionCheckpoint) -> OutboxRecord {
+        self.record(partition, batch, checkpoint_key(&self.writer), c.encode_to_vec())
     }
 }
 
@@ -122,28 +133,45 @@ pub fn chunk_marks(c: &DedupChunk) -> impl Iterator<Item = (u128, i32)> + '_ {
         .map(|(h, d)| (u128::from_be_bytes(h.try_into().expect("16 bytes")), *d))
 }
 
-/// One record read back from the changelog: its key and value (`None`: a tombstone).
+/// One record read back from the changelog: its key, value (`None`: a tombstone), writer and
+/// batch (from its headers; records without them never count as complete).
 #[derive(Debug, Clone)]
 pub struct Restored {
     pub key: String,
     pub value: Option<Vec<u8>>,
+    pub writer: Option<[u8; 16]>,
+    pub batch: u64,
+}
+
+impl Restored {
+    fn is_checkpoint(&self) -> bool {
+        self.value.is_some() && self.writer.is_some() && self.key.starts_with("c:")
+    }
 }
 
 /// Collects one partition's changelog records in log order and hands them out in groups that a
-/// checkpoint closes: what follows the last checkpoint belongs to a batch whose writer did not
-/// finish it, and is never applied.
+/// checkpoint closes: a checkpoint of writer *w* and batch *b* completes the records of *w* up
+/// to batch *b* read before it. Records no checkpoint of their own writer completes belong to a
+/// batch that writer did not finish, and are never applied.
 #[derive(Debug, Default)]
 pub struct RestoreBuffer {
     pending: Vec<Restored>,
 }
 
 impl RestoreBuffer {
-    /// Adds a record; returns the records that are now known to be complete (ending with the
-    /// checkpoint), if this one was a checkpoint.
+    /// Adds a record; if it is a checkpoint, returns the records it completes, in log order,
+    /// ending with the checkpoint itself.
     pub fn push(&mut self, r: Restored) -> Option<Vec<Restored>> {
-        let is_checkpoint = r.key == CHECKPOINT_KEY && r.value.is_some();
-        self.pending.push(r);
-        is_checkpoint.then(|| std::mem::take(&mut self.pending))
+        if !r.is_checkpoint() {
+            self.pending.push(r);
+            return None;
+        }
+        let (mut done, keep): (Vec<Restored>, Vec<Restored>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|x| x.writer == r.writer && x.batch <= r.batch);
+        self.pending = keep;
+        done.push(r);
+        Some(done)
     }
 
     /// Records left after the last checkpoint (discarded at the end of a restore).
@@ -159,7 +187,7 @@ mod tests {
     #[test]
     fn keys_round_trip() {
         assert_eq!(parse_key(&state_key("acme:eu")), Some(Key::State("acme:eu")));
-        assert_eq!(parse_key(CHECKPOINT_KEY), Some(Key::Checkpoint));
+        assert_eq!(parse_key(&checkpoint_key(&[3; 16])), Some(Key::Checkpoint));
         let k = chunk_key(-3, &[0xab; 16], 42);
         assert_eq!(parse_key(&k), Some(Key::Chunk { day: -3 }));
         assert_eq!(parse_key("x"), None);
@@ -167,23 +195,43 @@ mod tests {
     }
 
     #[test]
-    fn only_records_a_checkpoint_closes_are_handed_out() {
-        let rec = |k: &str| Restored {
+    fn only_records_a_checkpoint_of_their_own_writer_closes_are_handed_out() {
+        const A: [u8; 16] = [1; 16];
+        const B: [u8; 16] = [2; 16];
+        let rec = |k: &str, w: [u8; 16], batch: u64| Restored {
             key: k.into(),
             value: Some(vec![1]),
+            writer: Some(w),
+            batch,
         };
+        let keys = |g: &[Restored]| g.iter().map(|r| r.key.clone()).collect::<Vec<_>>();
         let mut b = RestoreBuffer::default();
-        assert!(b.push(rec("s:a")).is_none());
-        assert!(b.push(rec("s:b")).is_none());
-        let group = b.push(rec("c")).expect("closed by the checkpoint");
+        assert!(b.push(rec("s:a", A, 10)).is_none());
+        assert!(b.push(rec("s:b", A, 10)).is_none());
+        let ca = checkpoint_key(&A);
+        let group = b.push(rec(&ca, A, 10)).expect("closed by the checkpoint");
+        assert_eq!(keys(&group), vec!["s:a", "s:b", ca.as_str()]);
+        // A dies half-way through batch 20; B (restored from A's batch 10) writes on.
+        assert!(b.push(rec("s:x", A, 20)).is_none());
+        assert!(b.push(rec("s:y", B, 3)).is_none());
+        let cb = checkpoint_key(&B);
+        let group = b.push(rec(&cb, B, 3)).expect("closed by B's checkpoint");
+        assert_eq!(keys(&group), vec!["s:y", cb.as_str()], "B's checkpoint does not complete A's torn batch");
+        assert_eq!(b.incomplete(), 1, "A's torn batch stays out");
+        // A later checkpoint of A (after compaction dropped the earlier ones) still completes
+        // A's earlier batches.
+        let mut b = RestoreBuffer::default();
+        b.push(rec("s:a", A, 10));
+        b.push(rec("s:b", A, 11));
+        let group = b.push(rec(&ca, A, 11)).unwrap();
         assert_eq!(group.len(), 3);
-        assert!(b.push(rec("s:c")).is_none());
-        assert_eq!(b.incomplete(), 1, "a batch without its checkpoint stays out");
-        // A tombstone under the checkpoint key closes nothing.
+        // A tombstone under a checkpoint key closes nothing.
         assert!(b
             .push(Restored {
-                key: "c".into(),
-                value: None
+                key: ca.clone(),
+                value: None,
+                writer: Some(A),
+                batch: 12,
             })
             .is_none());
     }

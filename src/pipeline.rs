@@ -221,6 +221,9 @@ pub struct Pipeline {
     last_sent: Option<u64>,
     /// The highest sequence number of an output (not a changelog record) handed to the sink.
     last_output: Option<u64>,
+    /// Set when handing rows to the sink failed: which rows it has is then unknown, so nothing
+    /// more is published or deleted by this pipeline (a restart publishes the outbox again).
+    poisoned: bool,
 }
 
 fn type_index(ev: &Event) -> usize {
@@ -326,6 +329,7 @@ impl Pipeline {
             held: BTreeSet::new(),
             last_sent: None,
             last_output: None,
+            poisoned: false,
         })
     }
 
@@ -358,6 +362,14 @@ impl Pipeline {
         self.held.remove(&p);
     }
 
+    /// Partition `p` may not be ours any more (its assignment was lost): its changelog records
+    /// wait, unpublished, until it comes back and its changelog is found untouched since
+    /// ([`open_changelog`](Self::open_changelog)) or is given up
+    /// ([`close_changelog`](Self::close_changelog)).
+    pub fn hold_changelog(&mut self, p: u16) {
+        self.held.insert(p);
+    }
+
     /// Partition `p` is no longer ours: its unpublished changelog records are dropped (the new
     /// owner reads the inputs again from the last published checkpoint). If any were dropped, the
     /// partition's local state is marked as ahead of its changelog, so that it is restored
@@ -367,7 +379,8 @@ impl Pipeline {
         let before = self.gate.len();
         self.gate.retain(|(_, r)| r.partition != p as i32);
         let dropped = before - self.gate.len();
-        if dropped > 0 {
+        // After a failed hand-over some of the partition's rows may not even be in the gate.
+        if dropped > 0 || self.poisoned {
             let mut w = WriteSet::default();
             w.put(Cf::Meta, &changelog_behind_key(p), &[]);
             self.store.commit(&w)?;
@@ -634,6 +647,9 @@ impl Pipeline {
     /// of one partition go in sequence order, and the idempotent producer keeps that order on
     /// the partition. With `wait`, repeats until nothing more can go.
     fn pump(&mut self, sink: &mut dyn Sink, wait: bool) -> Result<(), PipelineError> {
+        if self.poisoned {
+            return Err(poisoned());
+        }
         loop {
             let c = sink.confirmed(wait)?;
             let outputs = sink.outputs_confirmed()?;
@@ -647,16 +663,25 @@ impl Pipeline {
             let mut first_sent: Option<u64> = None;
             let gate = std::mem::take(&mut self.gate);
             let mut keep = Vec::with_capacity(gate.len());
+            let mut failed = None;
             for (seq, rec) in gate {
-                if seq >= bound || self.held.contains(&(rec.partition as u16)) {
+                if failed.is_some() || seq >= bound || self.held.contains(&(rec.partition as u16)) {
                     keep.push((seq, rec));
                     continue;
                 }
-                sink.send(seq, &rec)?;
+                if let Err(e) = sink.send(seq, &rec) {
+                    keep.push((seq, rec));
+                    failed = Some(e);
+                    continue;
+                }
                 self.last_sent = Some(self.last_sent.map_or(seq, |l| l.max(seq)));
                 first_sent.get_or_insert(seq);
             }
             self.gate = keep;
+            if let Some(e) = failed {
+                self.poisoned = true;
+                return Err(e.into());
+            }
             let base = if all_delivered { self.next_seq } else { c };
             let lowest = [Some(base), first_sent, self.gate.first().map(|(s, _)| *s)]
                 .into_iter()
@@ -917,7 +942,7 @@ impl Pipeline {
                 if let Some(wr) = e.written {
                     let op = &w.ops[wr.op];
                     let account = std::str::from_utf8(&w.key(op)[2..]).expect("state keys hold UTF-8 ids");
-                    cl_rows.push(cl.state(e.partition, account, w.value(op)));
+                    cl_rows.push(cl.state(e.partition, self.next_seq, account, w.value(op)));
                     touched.insert(e.partition);
                 }
             }
@@ -992,7 +1017,7 @@ impl Pipeline {
                 let day = c.days.iter().copied().max().unwrap_or(0);
                 let key = crate::changelog::chunk_key(day, &cl.writer, self.next_seq);
                 w.put(Cf::Meta, &keys::chunk_key(*p, day, &key), &[]);
-                cl_rows.push(cl.chunk(*p, key, c));
+                cl_rows.push(cl.chunk(*p, self.next_seq, key, c));
             }
             for &p in &touched {
                 let horizon = day_of(self.clocks[p as usize]) - retention;
@@ -1009,7 +1034,7 @@ impl Pipeline {
                 })?;
                 for (meta_key, key) in expired {
                     w.delete(Cf::Meta, &meta_key);
-                    cl_rows.push(cl.tombstone(p, key));
+                    cl_rows.push(cl.tombstone(p, self.next_seq, key));
                 }
             }
         }
@@ -1045,7 +1070,7 @@ impl Pipeline {
                     positions,
                     stream_time_ms: self.clocks[p as usize],
                 };
-                cl_rows.push(cl.checkpoint(p, &c));
+                cl_rows.push(cl.checkpoint(p, self.next_seq, &c));
             }
         }
         outbox.append(&mut cl_rows);
@@ -1096,12 +1121,18 @@ impl Pipeline {
 
         // 6. Publish (changelog records through the gate); confirmed rows are deleted with the
         //    next commit.
+        if self.poisoned {
+            return Err(poisoned());
+        }
         for (i, rec) in outbox.drain(..).enumerate() {
             let seq = first_seq + i as u64;
             if rec.kind == OutputKind::Changelog as u32 {
                 self.gate.push((seq, rec));
             } else {
-                sink.send(seq, &rec)?;
+                if let Err(e) = sink.send(seq, &rec) {
+                    self.poisoned = true;
+                    return Err(e.into());
+                }
                 self.last_sent = Some(seq);
                 self.last_output = Some(seq);
             }
@@ -1293,6 +1324,12 @@ fn reschedule(timers: &mut BTreeSet<(i64, String)>, e: &mut Entry, next: Option<
         timers.insert((next, e.state.account_id.clone()));
     }
     e.state.timer_due_ms = next;
+}
+
+fn poisoned() -> PipelineError {
+    PipelineError::Refused(
+        "an earlier hand-over to the sink failed, so what it holds is unknown; nothing more is published or deleted until a restart publishes the outbox again".into(),
+    )
 }
 
 fn bump_band(c: &mut Counters, band: Option<Band>, by: i64) {

@@ -4,9 +4,11 @@
 //!
 //! Each record carries its outbox sequence number as the delivery opaque. The delivery callback
 //! marks it done; [`Sink::confirmed`] reports the lowest sequence still outstanding, and the
-//! pipeline deletes the outbox only below it. A record whose delivery failed (after librdkafka's
-//! own retries, `message.timeout.ms`) is sent again with the same payload: outputs are
-//! at-least-once and keep their ids.
+//! pipeline deletes the outbox only below it. librdkafka retries without a time limit
+//! (`message.timeout.ms = 0`), in order — so a broker that is away only delays delivery, and a
+//! partition's records never arrive out of order (the changelog depends on it). A record the
+//! broker refuses for good (topic gone, not authorized, too large) stops the instance with that
+//! reason; it stays in the outbox for the next start.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -29,21 +31,8 @@ use crate::telemetry::kafka_stats;
 #[derive(Default)]
 struct Deliveries {
     done: BTreeSet<u64>,
-    /// Records whose delivery failed, copied from the delivery report to be sent again.
-    failed: Vec<(u64, Failed)>,
-    last_error: Option<String>,
-}
-
-/// A record to send again, as the delivery report returned it (the rare path: the common one keeps
-/// no copy of what it sent).
-pub struct Failed {
-    topic: String,
-    key: Option<Vec<u8>>,
-    /// `None`: a tombstone.
-    payload: Option<Vec<u8>>,
-    headers: Vec<(String, Vec<u8>)>,
-    /// The partition it went to (changelog records name theirs), or -1.
-    partition: i32,
+    /// Records the broker refused for good: (sequence, topic, error).
+    failed: Vec<(u64, String, String)>,
 }
 
 pub struct DeliveryContext {
@@ -69,26 +58,8 @@ impl ProducerContext for DeliveryContext {
                 d.done.insert(*seq);
             }
             Err((e, m)) => {
-                use rdkafka::message::{Headers, Message};
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|x| (x.key.to_owned(), x.value.unwrap_or(&[]).to_vec()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                d.failed.push((
-                    *seq,
-                    Failed {
-                        topic: m.topic().to_owned(),
-                        key: m.key().map(<[u8]>::to_vec),
-                        payload: m.payload().map(<[u8]>::to_vec),
-                        headers,
-                        partition: m.partition(),
-                    },
-                ));
-                d.last_error = Some(e.to_string());
+                use rdkafka::message::Message;
+                d.failed.push((*seq, m.topic().to_owned(), e.to_string()));
             }
         }
     }
@@ -99,7 +70,7 @@ pub struct KafkaSink {
     deliveries: Arc<Mutex<Deliveries>>,
     /// Health scores, churn alerts, dead letters, changelog: by `OutputKind`.
     topics: [String; 4],
-    /// Sent and not yet delivered, by sequence number (kept to resend on failure).
+    /// Sent and not yet delivered, by sequence number.
     in_flight: BTreeSet<u64>,
     /// The subset of `in_flight` that is not changelog records.
     outputs_in_flight: BTreeSet<u64>,
@@ -118,7 +89,8 @@ impl KafkaSink {
             .set("partitioner", "murmur2_random")
             .set("linger.ms", "5")
             .set("compression.type", "lz4")
-            .set("message.timeout.ms", "60000");
+            // Retry for as long as it takes, in order (idempotence keeps the order).
+            .set("message.timeout.ms", "0");
         info!(settings = ?redacted(&c), "Starting the Kafka producer.");
         let producer = c
             .create_with_context(DeliveryContext {
@@ -198,11 +170,13 @@ impl KafkaSink {
             .headers
             .contains_key(crate::changelog::TOMBSTONE_HEADER);
         let mut headers = OwnedHeaders::new();
-        if let Some(w) = rec.headers.get(crate::changelog::WRITER_HEADER) {
-            headers = headers.insert(Header {
-                key: crate::changelog::WRITER_HEADER,
-                value: Some(w),
-            });
+        for key in [crate::changelog::WRITER_HEADER, crate::changelog::BATCH_HEADER] {
+            if let Some(v) = rec.headers.get(key) {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(v),
+                });
+            }
         }
         let mut r = BaseRecord::with_opaque_to(topic, Box::new(seq))
             .key(&rec.key)
@@ -214,54 +188,25 @@ impl KafkaSink {
         send_waiting(&self.producer, r)
     }
 
-    /// Serves delivery reports; resends failures. Returns the lowest undelivered sequence.
+    /// Serves delivery reports. Returns the lowest undelivered sequence.
     fn settle(&mut self) -> Result<u64, SinkError> {
         self.producer.poll(Duration::ZERO);
-        let (done, failed, err) = {
+        let (done, failed) = {
             let mut d = self.deliveries.lock().unwrap();
-            (
-                std::mem::take(&mut d.done),
-                std::mem::take(&mut d.failed),
-                d.last_error.take(),
-            )
+            (std::mem::take(&mut d.done), std::mem::take(&mut d.failed))
         };
         for seq in done {
             self.in_flight.remove(&seq);
             self.outputs_in_flight.remove(&seq);
         }
-        if !failed.is_empty() {
+        if let Some((_, topic, err)) = failed.first() {
             kafka_stats::produce_failures(failed.len() as u64);
-            warn!(
-                records = failed.len(),
-                error = err.as_deref().unwrap_or(""),
-                "Delivery to Kafka failed; sending again."
-            );
-            for (seq, f) in failed {
-                self.resend(seq, &f)?;
-            }
+            return Err(SinkError::Other(format!(
+                "Kafka refused {} record(s) for good (topic {topic}: {err}). Nothing is lost: they stay in the outbox and are sent again at the next start. Fix the cause (the topic exists, rapport may write to it, records fit the broker's message.max.bytes) and restart.",
+                failed.len()
+            )));
         }
         Ok(self.in_flight.first().copied().unwrap_or(self.next_seq))
-    }
-
-    fn resend(&mut self, seq: u64, f: &Failed) -> Result<(), SinkError> {
-        let mut headers = OwnedHeaders::new();
-        for (k, v) in &f.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: Some(v),
-            });
-        }
-        let mut r = BaseRecord::with_opaque_to(&f.topic, Box::new(seq)).headers(headers);
-        if let Some(v) = &f.payload {
-            r = r.payload(v);
-        }
-        if let Some(k) = &f.key {
-            r = r.key(k);
-        }
-        if f.partition >= 0 {
-            r = r.partition(f.partition);
-        }
-        send_waiting(&self.producer, r)
     }
 
     /// Records handed to the producer and not yet acknowledged.

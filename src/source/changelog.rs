@@ -80,6 +80,9 @@ impl ChangelogReader {
             .set("auto.offset.reset", "earliest")
             // Restores read as fast as the broker serves, whatever `kafka.client` says for inputs.
             .set("fetch.min.bytes", "1")
+            // The end of a partition is where a restore stops, whatever compaction removed
+            // just before it.
+            .set("enable.partition.eof", "true")
             .set("fetch.wait.max.ms", "100")
             .set("fetch.max.bytes", "52428800")
             .set("max.partition.fetch.bytes", "10485760");
@@ -226,9 +229,33 @@ impl ChangelogReader {
             };
             let m = match m {
                 Ok(m) => m,
-                Err(e) => {
-                    crate::telemetry::kafka_stats::client_error("restore", &e, "poll");
+                Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
+                    let p = p as u16;
+                    match self.tasks.remove(&p) {
+                        Some(Task::Restore {
+                            buf,
+                            mut stats,
+                            started,
+                            ..
+                        }) => {
+                            stats.incomplete = buf.incomplete() as u64;
+                            stats.seconds = started.elapsed().as_secs_f64();
+                            out.push(Found::Done(p, stats));
+                            self.unassign(p);
+                        }
+                        Some(Task::Tail { .. }) => {
+                            // The last record is gone (compacted): someone else's, to be safe.
+                            out.push(Found::Tail(p, None, false));
+                            self.unassign(p);
+                        }
+                        None => {}
+                    }
                     continue;
+                }
+                Err(e) => {
+                    // The broker is away: librdkafka retries by itself; try again next turn.
+                    crate::telemetry::kafka_stats::client_error("restore", &e, "poll");
+                    break;
                 }
             };
             let p = m.partition() as u16;
@@ -263,9 +290,18 @@ impl ChangelogReader {
                     stats.bytes += payload.as_ref().map_or(0, |v| v.len() as u64)
                         + m.key().map_or(0, |k| k.len() as u64);
                     if let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) {
+                        let header = |name: &str| {
+                            m.headers().and_then(|h| {
+                                h.iter().find(|x| x.key == name).and_then(|x| x.value)
+                            })
+                        };
                         let r = Restored {
                             key: key.to_owned(),
                             value: payload,
+                            writer: header(WRITER_HEADER).and_then(|v| <[u8; 16]>::try_from(v).ok()),
+                            batch: header(crate::changelog::BATCH_HEADER)
+                                .and_then(|v| <[u8; 8]>::try_from(v).ok())
+                                .map_or(u64::MAX, u64::from_be_bytes),
                         };
                         if let Some(group) = buf.push(r) {
                             out.push(Found::Group(p, group));

@@ -47,8 +47,9 @@ pub fn position_key(topic: &str, partition: i32) -> String {
     format!("kafka:{topic}:{partition}")
 }
 
-/// Called inside a revocation, before the partitions stop being ours.
-pub type RevokeHook = Box<dyn FnMut(&[u16]) + Send>;
+/// Called inside a revocation, before the partitions stop being ours; the flag says the
+/// assignment was *lost* (our session expired: another instance may own them already).
+pub type RevokeHook = Box<dyn FnMut(&[u16], bool) + Send>;
 
 /// What rebalances did, shared between the consumer's callbacks and the source.
 #[derive(Default)]
@@ -138,9 +139,10 @@ impl ConsumerContext for MemberContext {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let parts: Vec<u16> = partitions_of(tpl).into_iter().collect();
+                let lost = consumer.assignment_lost();
                 // Publish what the partitions still owe their changelog while they are ours.
                 if let Some(hook) = self.on_revoke.lock().unwrap().as_mut() {
-                    hook(&parts);
+                    hook(&parts, lost);
                 }
                 let mut own = self.ownership.lock().unwrap();
                 own.rebalances += 1;
@@ -161,7 +163,11 @@ impl ConsumerContext for MemberContext {
                 if let Err(e) = r {
                     warn!(error = %e, "Giving partitions back to the group failed.");
                 }
-                info!(partitions = ?parts, "Partitions revoked; their committed state stays here.");
+                if lost {
+                    warn!(partitions = ?parts, "Partitions lost (the group stopped hearing from us); their unpublished changelog is dropped and they are restored if they come back.");
+                } else {
+                    info!(partitions = ?parts, "Partitions revoked; their committed state stays here.");
+                }
             }
             _ => {
                 warn!(error = ?err, "Rebalance error.");
@@ -400,11 +406,10 @@ impl KafkaSource {
         }
         drop(own);
         self.unassign_where(|q| q == p);
+        // Never assigned while paused: the caller waits until consumption resumes (a pause
+        // right after an assignment can make librdkafka forget the start offset).
         if let Err(e) = self.consumer.incremental_assign(&tpl) {
             warn!(partition = p, error = %e, "Assigning input partitions failed.");
-        }
-        if self.paused {
-            let _ = self.consumer.pause(&tpl);
         }
         let list: Vec<String> = positions
             .iter()

@@ -159,7 +159,7 @@ pub const ALL: &[MetricDoc] = &[
         KAFKA_PRODUCE_ERRORS,
         "counter",
         "",
-        "Output records whose delivery failed and were sent again.",
+        "Records Kafka refused for good; rapport stops at the first (they stay in the outbox for the next start).",
     ),
     (
         KAFKA_OWNED_PARTITIONS,
