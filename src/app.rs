@@ -294,7 +294,8 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
     pipeline.enable_changelog(Changelog {
         writer: store_id,
         sources_of: (0..cfg.engine.partitions).map(|p| source.keys_of(p)).collect(),
-    });
+        writers: Vec::new(),
+    })?;
     let mut sink = KafkaSink::new(&cfg)?;
     let mut summary = RunSummary {
         republished: pipeline.drain_outbox(&mut sink)?,
@@ -453,7 +454,7 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
                         continue;
                     }
                     let behind = pipeline.changelog_behind(p)?;
-                    let ours = writer == Some(store_id);
+                    let ours = writer.is_some() && writer == pipeline.writer_of(p);
                     let fresh = empty && !pipeline.has_positions(p);
                     if !behind && (ours || fresh) {
                         pipeline.open_changelog(p);

@@ -86,16 +86,25 @@ pub fn hex(b: &[u8]) -> String {
 /// What the pipeline needs to write a changelog.
 #[derive(Debug, Clone)]
 pub struct Changelog {
-    /// This store's id, the `writer` of every record.
+    /// This store's id: the `writer` of a partition's records until the partition is restored.
     pub writer: [u8; 16],
     /// Per account partition, the position keys of its input topic partitions.
     pub sources_of: Vec<Vec<String>>,
+    /// Per account partition, the writer id its records carry (empty: `writer` for all). A
+    /// restore gives the partition a new one, so that a batch this store left torn before the
+    /// restore can never be completed by a checkpoint it writes after.
+    pub writers: Vec<[u8; 16]>,
 }
 
 impl Changelog {
+    /// The writer id of partition `p`'s records.
+    pub fn writer_of(&self, p: u16) -> [u8; 16] {
+        self.writers.get(p as usize).copied().unwrap_or(self.writer)
+    }
+
     fn record(&self, partition: u16, batch: u64, key: String, payload: Vec<u8>) -> OutboxRecord {
         let mut headers = HashMap::with_capacity(2);
-        headers.insert(WRITER_HEADER.to_owned(), self.writer.to_vec());
+        headers.insert(WRITER_HEADER.to_owned(), self.writer_of(partition).to_vec());
         headers.insert(BATCH_HEADER.to_owned(), batch.to_be_bytes().to_vec());
         OutboxRecord {
             kind: OutputKind::Changelog as u32,
@@ -121,7 +130,7 @@ impl Changelog {
     }
 
     pub fn checkpoint(&self, partition: u16, batch: u64, c: &PartitionCheckpoint) -> OutboxRecord {
-        self.record(partition, batch, checkpoint_key(&self.writer), c.encode_to_vec())
+        self.record(partition, batch, checkpoint_key(&self.writer_of(partition)), c.encode_to_vec())
     }
 }
 

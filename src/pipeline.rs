@@ -351,9 +351,24 @@ impl Pipeline {
 
     /// Turns the changelog on. Every partition starts held: its changelog records (including
     /// those an earlier run left in the outbox) wait until [`open_changelog`](Self::open_changelog).
-    pub fn enable_changelog(&mut self, changelog: Changelog) {
+    pub fn enable_changelog(&mut self, mut changelog: Changelog) -> Result<(), PipelineError> {
         self.held = (0..self.cfg.engine.partitions).collect();
+        changelog.writers = (0..self.cfg.engine.partitions)
+            .map(|p| {
+                Ok(self
+                    .store
+                    .get(Cf::Meta, &keys::changelog_writer_key(p))?
+                    .and_then(|v| <[u8; 16]>::try_from(v.as_slice()).ok())
+                    .unwrap_or(changelog.writer))
+            })
+            .collect::<Result<_, PipelineError>>()?;
         self.changelog = Some(changelog);
+        Ok(())
+    }
+
+    /// The writer id partition `p`'s changelog records carry (see [`Changelog::writers`]).
+    pub fn writer_of(&self, p: u16) -> Option<[u8; 16]> {
+        self.changelog.as_ref().map(|c| c.writer_of(p))
     }
 
     /// Lets partition `p`'s changelog records be published: it is ours and its changelog is
@@ -429,7 +444,21 @@ impl Pipeline {
         }
         w.delete(Cf::Meta, &clock_key(p));
         w.put(Cf::Meta, &changelog_behind_key(p), &[]);
+        // A new writer identity for the partition: nothing this store wrote for it before (a
+        // batch it may have left torn) can be completed by what it writes from now on.
+        let writer = {
+            use rand::RngCore;
+            let mut id = [0u8; 16];
+            rand::rng().fill_bytes(&mut id);
+            id
+        };
+        w.put(Cf::Meta, &keys::changelog_writer_key(p), &writer);
         self.store.commit(&w)?;
+        if let Some(cl) = self.changelog.as_mut() {
+            if let Some(slot) = cl.writers.get_mut(p as usize) {
+                *slot = writer;
+            }
+        }
         self.timers[p as usize].clear();
         self.clocks[p as usize] = 0;
         self.forget_cached_states(&[p]);
@@ -651,8 +680,13 @@ impl Pipeline {
             return Err(poisoned());
         }
         loop {
-            let c = sink.confirmed(wait)?;
-            let outputs = sink.outputs_confirmed()?;
+            let (c, outputs) = match sink.confirmed(wait).and_then(|c| Ok((c, sink.outputs_confirmed()?))) {
+                Ok(x) => x,
+                Err(e) => {
+                    self.poisoned = true;
+                    return Err(e.into());
+                }
+            };
             // Below this, every output is delivered (no output in flight: everything).
             let bound = if self.last_output.is_none_or(|l| outputs > l) {
                 u64::MAX
@@ -1015,7 +1049,7 @@ impl Pipeline {
             }
             for (p, c) in &chunks {
                 let day = c.days.iter().copied().max().unwrap_or(0);
-                let key = crate::changelog::chunk_key(day, &cl.writer, self.next_seq);
+                let key = crate::changelog::chunk_key(day, &cl.writer_of(*p), self.next_seq);
                 w.put(Cf::Meta, &keys::chunk_key(*p, day, &key), &[]);
                 cl_rows.push(cl.chunk(*p, self.next_seq, key, c));
             }

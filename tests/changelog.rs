@@ -68,6 +68,7 @@ fn changelog_of(writer: [u8; 16]) -> Changelog {
     Changelog {
         writer,
         sources_of: (0..PARTITIONS).map(|p| vec![source_key(p)]).collect(),
+        writers: Vec::new(),
     }
 }
 
@@ -192,7 +193,7 @@ fn write(seed: u64, held: u16) -> (Arc<MemoryStore>, GateSink) {
     let store = Arc::new(MemoryStore::new());
     let st: Arc<dyn Store> = store.clone();
     let mut p = Pipeline::open(config(), st).unwrap();
-    p.enable_changelog(changelog());
+    p.enable_changelog(changelog()).unwrap();
     for q in (0..PARTITIONS).filter(|q| *q != held) {
         p.open_changelog(q);
     }
@@ -240,10 +241,21 @@ fn restore_then_resume_as(
     p: u16,
     cut: usize,
 ) -> (Arc<MemoryStore>, GateSink) {
-    let store = Arc::new(MemoryStore::new());
+    restore_then_resume_on(Arc::new(MemoryStore::new()), writer, changelog_records, p, cut)
+}
+
+/// [`restore_then_resume_as`] into an existing store (an instance that wrote the partition
+/// before, got it back, and finds someone else wrote its changelog since).
+fn restore_then_resume_on(
+    store: Arc<MemoryStore>,
+    writer: [u8; 16],
+    changelog_records: &[Restored],
+    p: u16,
+    cut: usize,
+) -> (Arc<MemoryStore>, GateSink) {
     let st: Arc<dyn Store> = store.clone();
     let mut pipe = Pipeline::open(config(), st).unwrap();
-    pipe.enable_changelog(changelog_of(writer));
+    pipe.enable_changelog(changelog_of(writer)).unwrap();
     pipe.begin_restore(p).unwrap();
     let mut buf = RestoreBuffer::default();
     for r in &changelog_records[..cut] {
@@ -340,6 +352,39 @@ proptest! {
         let third = restore_then_resume(&log, p, log.len());
         let want = dump_partition(&store, p);
         let got = dump_partition(&third, p);
+        for (i, what) in ["states", "timers", "dedup marks", "positions"].iter().enumerate() {
+            prop_assert!(got[i] == want[i], "{} of partition {} differ: first writer cut after {} of {} records", what, p, cut, first.len());
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+    /// The first writer dies after any record; a second restores and writes some; the first
+    /// comes back on its old store, restores (the changelog moved on) and writes on; a fourth
+    /// restores from the whole log. The first writer's torn batch must stay out even though the
+    /// same store later writes checkpoints of higher batches.
+    #[test]
+    fn a_torn_batch_stays_out_when_its_writer_comes_back(
+        seed in any::<u64>(),
+        p in 0..PARTITIONS,
+        cut_share in 0.0f64..=1.0,
+        second_share in 0.0f64..=1.0,
+    ) {
+        let (store, sink) = write(seed, PARTITIONS);
+        let want = dump_partition(&store, p);
+        let first = published(&sink, p);
+        let cut = ((first.len() as f64) * cut_share).round() as usize;
+        let (_, second_sink) = restore_then_resume_as([9; 16], &first, p, cut);
+        let second = published(&second_sink, p);
+        let mut log = first[..cut].to_vec();
+        log.extend_from_slice(&second[..((second.len() as f64) * second_share).round() as usize]);
+        // The first writer again, on its own store (same store id, outbox numbering goes on).
+        let (_, third_sink) = restore_then_resume_on(store, [7; 16], &log, p, log.len());
+        log.extend(published(&third_sink, p));
+        let fourth = restore_then_resume(&log, p, log.len());
+        let got = dump_partition(&fourth, p);
         for (i, what) in ["states", "timers", "dedup marks", "positions"].iter().enumerate() {
             prop_assert!(got[i] == want[i], "{} of partition {} differ: first writer cut after {} of {} records", what, p, cut, first.len());
         }

@@ -77,6 +77,8 @@ pub struct KafkaSink {
     next_seq: u64,
     /// One past the highest output (not changelog) sequence sent.
     next_output_seq: u64,
+    /// Set once the broker refused a record for good: every later call fails with it.
+    refused: Option<String>,
 }
 
 impl KafkaSink {
@@ -115,6 +117,7 @@ impl KafkaSink {
             outputs_in_flight: BTreeSet::new(),
             next_seq: 0,
             next_output_seq: 0,
+            refused: None,
         })
     }
 
@@ -190,6 +193,9 @@ impl KafkaSink {
 
     /// Serves delivery reports. Returns the lowest undelivered sequence.
     fn settle(&mut self) -> Result<u64, SinkError> {
+        if let Some(why) = &self.refused {
+            return Err(SinkError::Other(why.clone()));
+        }
         self.producer.poll(Duration::ZERO);
         let (done, failed) = {
             let mut d = self.deliveries.lock().unwrap();
@@ -201,10 +207,12 @@ impl KafkaSink {
         }
         if let Some((_, topic, err)) = failed.first() {
             kafka_stats::produce_failures(failed.len() as u64);
-            return Err(SinkError::Other(format!(
+            let why = format!(
                 "Kafka refused {} record(s) for good (topic {topic}: {err}). Nothing is lost: they stay in the outbox and are sent again at the next start. Fix the cause (the topic exists, rapport may write to it, records fit the broker's message.max.bytes) and restart.",
                 failed.len()
-            )));
+            );
+            self.refused = Some(why.clone());
+            return Err(SinkError::Other(why));
         }
         Ok(self.in_flight.first().copied().unwrap_or(self.next_seq))
     }

@@ -159,6 +159,13 @@ pub fn changelog_behind_key(partition: u16) -> Vec<u8> {
     k
 }
 
+/// `meta` key of the writer id a partition's changelog records carry (set by each restore).
+pub fn changelog_writer_key(partition: u16) -> Vec<u8> {
+    let mut k = b"cl_writer/".to_vec();
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
 /// `meta` key recording a dedup chunk that lives in the changelog, so that it is tombstoned
 /// once its latest day leaves the dedup window. Sorted by (partition, day).
 pub fn chunk_key(partition: u16, day: i32, changelog_key: &str) -> Vec<u8> {
