@@ -328,6 +328,35 @@ proptest! {
     }
 }
 
+/// A first writer's changelog of partition `p`, cut after any record (it died there), then what
+/// a second writer published after restoring that, cut too. Returns (the first writer's store,
+/// its state of `p` uninterrupted, the log, a description of the cut).
+fn torn_then_taken_over(
+    seed: u64,
+    p: u16,
+    cut_share: f64,
+    second_share: f64,
+) -> (Arc<MemoryStore>, Vec<BTreeMap<Vec<u8>, Vec<u8>>>, Vec<Restored>, String) {
+    let (store, sink) = write(seed, PARTITIONS);
+    let want = dump_partition(&store, p);
+    let first = published(&sink, p);
+    let cut = ((first.len() as f64) * cut_share).round() as usize;
+    let (_, second_sink) = restore_then_resume_as([9; 16], &first, p, cut);
+    let second = published(&second_sink, p);
+    let mut log = first[..cut].to_vec();
+    log.extend_from_slice(&second[..((second.len() as f64) * second_share).round() as usize]);
+    let what = format!("partition {p}, first writer cut after {cut} of {} records", first.len());
+    (store, want, log, what)
+}
+
+fn same_state(got: &MemoryStore, want: &[BTreeMap<Vec<u8>, Vec<u8>>], p: u16, what: &str) -> Result<(), TestCaseError> {
+    let got = dump_partition(got, p);
+    for (i, part) in ["states", "timers", "dedup marks", "positions"].iter().enumerate() {
+        prop_assert!(got[i] == want[i], "{} differ: {}", part, what);
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
 
@@ -342,29 +371,14 @@ proptest! {
         cut_share in 0.0f64..=1.0,
         second_share in 0.0f64..=1.0,
     ) {
-        let (store, sink) = write(seed, PARTITIONS);
-        let first = published(&sink, p);
-        let cut = ((first.len() as f64) * cut_share).round() as usize;
-        let (_, second_sink) = restore_then_resume_as([9; 16], &first, p, cut);
-        let second = published(&second_sink, p);
-        let mut log = first[..cut].to_vec();
-        log.extend_from_slice(&second[..((second.len() as f64) * second_share).round() as usize]);
+        let (_, want, log, what) = torn_then_taken_over(seed, p, cut_share, second_share);
         let third = restore_then_resume(&log, p, log.len());
-        let want = dump_partition(&store, p);
-        let got = dump_partition(&third, p);
-        for (i, what) in ["states", "timers", "dedup marks", "positions"].iter().enumerate() {
-            prop_assert!(got[i] == want[i], "{} of partition {} differ: first writer cut after {} of {} records", what, p, cut, first.len());
-        }
+        same_state(&third, &want, p, &what)?;
     }
-}
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
-
-    /// The first writer dies after any record; a second restores and writes some; the first
-    /// comes back on its old store, restores (the changelog moved on) and writes on; a fourth
-    /// restores from the whole log. The first writer's torn batch must stay out even though the
-    /// same store later writes checkpoints of higher batches.
+    /// As above, then the first writer comes back on its old store, restores (the changelog
+    /// moved on) and writes on; a fourth restores from the whole log. The torn batch must stay
+    /// out even though the same store later writes checkpoints of higher batches.
     #[test]
     fn a_torn_batch_stays_out_when_its_writer_comes_back(
         seed in any::<u64>(),
@@ -372,21 +386,11 @@ proptest! {
         cut_share in 0.0f64..=1.0,
         second_share in 0.0f64..=1.0,
     ) {
-        let (store, sink) = write(seed, PARTITIONS);
-        let want = dump_partition(&store, p);
-        let first = published(&sink, p);
-        let cut = ((first.len() as f64) * cut_share).round() as usize;
-        let (_, second_sink) = restore_then_resume_as([9; 16], &first, p, cut);
-        let second = published(&second_sink, p);
-        let mut log = first[..cut].to_vec();
-        log.extend_from_slice(&second[..((second.len() as f64) * second_share).round() as usize]);
+        let (store, want, mut log, what) = torn_then_taken_over(seed, p, cut_share, second_share);
         // The first writer again, on its own store (same store id, outbox numbering goes on).
         let (_, third_sink) = restore_then_resume_on(store, [7; 16], &log, p, log.len());
         log.extend(published(&third_sink, p));
         let fourth = restore_then_resume(&log, p, log.len());
-        let got = dump_partition(&fourth, p);
-        for (i, what) in ["states", "timers", "dedup marks", "positions"].iter().enumerate() {
-            prop_assert!(got[i] == want[i], "{} of partition {} differ: first writer cut after {} of {} records", what, p, cut, first.len());
-        }
+        same_state(&fourth, &want, p, &what)?;
     }
 }
