@@ -562,12 +562,9 @@ impl KafkaSource {
         }
         self.last_group_commit = Instant::now();
         if tpl.count() > 0 {
-            let mode = if force {
-                CommitMode::Sync
-            } else {
-                CommitMode::Async
-            };
-            if let Err(e) = self.member.commit(&tpl, mode) {
+            // Always asynchronous, even at shutdown: these offsets only feed lag dashboards, and
+            // a synchronous commit can wait a long time for a coordinator that just moved.
+            if let Err(e) = self.member.commit(&tpl, CommitMode::Async) {
                 warn!(error = %e, "Committing offsets to the consumer group failed (positions are safe in the store).");
             }
         }
@@ -598,6 +595,8 @@ impl KafkaSource {
     /// that its restart does not move its partitions).
     pub fn close(&mut self) {
         self.commit_to_group(true);
+        // Serves the commit's reply, then the revocation the unsubscribe causes.
+        let _ = self.member.poll(Duration::from_millis(200));
         self.member.unsubscribe();
         let _ = self.member.poll(Duration::from_millis(100));
     }
