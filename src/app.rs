@@ -289,6 +289,9 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
     if cfg.kafka.output_format == "protobuf" {
         pipeline.set_output_format(crate::codec::output::OutputFormat::Protobuf);
     }
+    let mut topics: Vec<&str> = cfg.kafka.input_topics.all().to_vec();
+    topics.push(&cfg.kafka.changelog_topic);
+    pipeline.check_topics(&topics, &cfg.store.data_dir)?;
     let mut source = KafkaSource::new(&cfg)?;
     let store_id = pipeline.store_id()?;
     pipeline.enable_changelog(Changelog {

@@ -333,6 +333,26 @@ impl Pipeline {
         })
     }
 
+    /// Refuses a store whose state was built from other Kafka topics than `topics` (its input
+    /// topics and changelog); a store without any records the topics for next time.
+    pub fn check_topics(&self, topics: &[&str], data_dir: &std::path::Path) -> Result<(), PipelineError> {
+        let want = topics.join(",");
+        match self.store.get(Cf::Meta, keys::TOPICS_KEY)? {
+            Some(v) if v == want.as_bytes() => Ok(()),
+            Some(v) => Err(PipelineError::Refused(format!(
+                "the data directory {} holds state built from the topics {} but this configuration reads {want}; point store.data_dir at a new directory for the new topics (its state is rebuilt from their changelog or their input), or configure the old topic names again.",
+                data_dir.display(),
+                String::from_utf8_lossy(&v)
+            ))),
+            None => {
+                let mut w = WriteSet::default();
+                w.put(Cf::Meta, keys::TOPICS_KEY, want.as_bytes());
+                self.store.commit(&w)?;
+                Ok(())
+            }
+        }
+    }
+
     /// This store's id (created with the store): the writer of its changelog records.
     pub fn store_id(&self) -> Result<[u8; 16], PipelineError> {
         if let Some(v) = self.store.get(Cf::Meta, STORE_ID_KEY)? {

@@ -762,3 +762,55 @@ fn broker_outage_mid_run() {
     assert_outputs_complete("outage", &brokers, &job.topics, &store);
     dead_letters("outage", &job, &store);
 }
+
+/// A data directory keeps the topics its state was built from: pointed at other topics, rapport
+/// refuses to start with a sentence saying what to do, instead of mixing two topic sets' state.
+#[test]
+fn a_data_directory_of_another_topic_set_is_refused() {
+    let brokers = broker();
+    let first = Job::new("topicset-a", &brokers, Settings::default());
+    first.create_topics();
+    let (config, port) = first.config("run");
+    let mut run = first.spawn("run", &config, port);
+    run.wait_for("the partitions to be read", DEADLINE, |p| {
+        match p.metric("rapport_kafka_owned_partitions") {
+            Some(v) if v as u16 == first.settings.partitions => Ok(()),
+            v => Err(format!("{v:?}")),
+        }
+    });
+    run.stop();
+
+    let second = Job::new("topicset-b", &brokers, Settings::default());
+    second.create_topics();
+    let (other, _) = second.config("run");
+    // The second job's topics, the first job's data directory.
+    let text = std::fs::read_to_string(&other).unwrap();
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("data_dir = ") {
+                format!("data_dir = \"{}\"", first.data("run").display())
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&other, text).unwrap();
+    let out = rapport()
+        .args(["run", "--quiet", "--config"])
+        .arg(&other)
+        .env("RAPPORT_TELEMETRY__LISTEN", "")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "rapport started on another topic set's state:\n{said}");
+    assert!(
+        said.contains("holds state built from the topics")
+            && said.contains(&first.topics.usage)
+            && said.contains("store.data_dir"),
+        "the refusal names the old topics and the fix:\n{said}"
+    );
+    first.delete_topics();
+    second.delete_topics();
+}

@@ -148,6 +148,8 @@ pub const OUTBOX_NEXT_KEY: &[u8] = b"outbox_next";
 pub const FORMAT_KEY: &[u8] = b"format";
 /// `meta` key of the partition count the store was written with.
 pub const PARTITIONS_KEY: &[u8] = b"partitions";
+/// `meta` key of the Kafka topics a store's state was built from (input topics, changelog).
+pub const TOPICS_KEY: &[u8] = b"topics";
 /// `meta` key of this store's random 16-byte id: the "writer" of its changelog records.
 pub const STORE_ID_KEY: &[u8] = b"store_id";
 
