@@ -266,6 +266,11 @@ pub struct KafkaSource {
     /// When each partition's merge began waiting for an empty topic.
     blocked_since: HashMap<u16, Instant>,
     merge_wait: Duration,
+    /// End offsets read from the broker when a partition was activated, per key index:
+    /// librdkafka's cached watermarks may still be the ones from an earlier time the partition
+    /// was ours, far behind, and would make it look read to its end (merging and wall-clock
+    /// timers would then run ahead of data not fetched yet).
+    known_high: HashMap<u32, i64>,
 }
 
 /// The group consumer's settings: membership (static when `group_instance_id` is set), the
@@ -356,6 +361,7 @@ impl KafkaSource {
             buffered: 0,
             blocked_since: HashMap::new(),
             merge_wait: Duration::from_millis(cfg.kafka.merge_wait_ms),
+            known_high: HashMap::new(),
         })
     }
 
@@ -385,6 +391,9 @@ impl KafkaSource {
             return;
         }
         own.owned.insert(p);
+        // A merge wait left from an earlier time this partition was ours must not count now:
+        // it would let the other topics run ahead of one not fetched yet.
+        self.blocked_since.remove(&p);
         let mut tpl = TopicPartitionList::new();
         for t in &self.topics {
             let tp = (t.clone(), p as i32);
@@ -401,6 +410,15 @@ impl KafkaSource {
                 self.handed.remove(&idx);
                 self.buffered -= self.pending[idx as usize].len();
                 self.pending[idx as usize].clear();
+                match self.consumer.fetch_watermarks(t, p as i32, Duration::from_secs(5)) {
+                    Ok((_, high)) => {
+                        self.known_high.insert(idx, high);
+                    }
+                    Err(e) => {
+                        self.known_high.remove(&idx);
+                        warn!(topic = %t, partition = p, error = %e, "Cannot read the end offset of an input partition; relying on librdkafka's.");
+                    }
+                }
             }
             let _ = tpl.add_partition_offset(t, p as i32, start.map_or(Offset::Beginning, Offset::Offset));
         }
@@ -450,6 +468,8 @@ impl KafkaSource {
         }
         self.fetched.retain(|i, _| !gone(i));
         self.handed.retain(|i, _| !gone(i));
+        self.blocked_since.retain(|p, _| owned.contains(p));
+        self.known_high.retain(|i, _| !gone(i));
         self.unassign_where(|p| !owned.contains(&p));
     }
 
@@ -466,7 +486,7 @@ impl KafkaSource {
                 }
                 // The watermarks librdkafka cached from its last fetch response: no round trip
                 // (a ListOffsets request would queue behind the long-polling fetch).
-                let Some((low, high)) = cached_watermarks(&self.consumer, t, p as i32) else {
+                let Some((low, high)) = self.watermarks(t, p as i32) else {
                     continue;
                 };
                 if high < 0 {
@@ -500,7 +520,7 @@ impl KafkaSource {
         for p in &own.owned {
             for t in &self.topics {
                 let tp = (t.clone(), *p as i32);
-                let marks = cached_watermarks(&self.consumer, t, *p as i32);
+                let marks = self.watermarks(t, *p as i32);
                 let next = self
                     .index
                     .get(&tp)
@@ -785,11 +805,24 @@ impl KafkaSource {
         }
     }
 
+    /// librdkafka's cached (low, high) watermarks, the high one at least what the broker said
+    /// when the partition was activated.
+    fn watermarks(&self, topic: &str, partition: i32) -> Option<(i64, i64)> {
+        let (low, high) = cached_watermarks(&self.consumer, topic, partition)?;
+        let known = self
+            .index
+            .get(&(topic.to_owned(), partition))
+            .and_then(|i| self.known_high.get(i))
+            .copied()
+            .unwrap_or(high);
+        Some((low, high.max(known)))
+    }
+
     /// Whether a topic partition has nothing more to give right now: everything up to its high
     /// watermark has been fetched.
     fn drained(&self, idx: u32) -> bool {
         let (topic, p) = split_key(&self.keys[idx as usize]);
-        let Some((low, high)) = cached_watermarks(&self.consumer, topic, p) else {
+        let Some((low, high)) = self.watermarks(topic, p) else {
             return false;
         };
         let own = self.ownership.lock().unwrap();
