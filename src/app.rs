@@ -349,7 +349,6 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
     let wait = Duration::from_millis(cfg.pipeline.batch_max_ms);
     let mut last_idle_commit = Instant::now();
     let mut last_mem = Instant::now() - Duration::from_secs(60);
-    let mut last_status = Instant::now() - Duration::from_secs(60);
     let mut last_restore_log = Instant::now();
     let mut last_broker_warning = Instant::now() - Duration::from_secs(60);
     let mut last_lag = Instant::now() - Duration::from_secs(60);
@@ -541,9 +540,13 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
         let caught_up = source.caught_up();
         let owned = ownership.lock().unwrap().owned.len();
         metrics::gauge!(crate::telemetry::names::KAFKA_OWNED_PARTITIONS).set(owned as f64);
-        if last_lag.elapsed() >= Duration::from_secs(1) {
-            crate::telemetry::kafka_stats::record_lag(&source.lag());
+        // Once a second: the lag gauges and the /status view, from one look at the positions.
+        let lag = (last_lag.elapsed() >= Duration::from_secs(1)).then(|| {
             last_lag = Instant::now();
+            source.lag()
+        });
+        if let Some(lag) = &lag {
+            crate::telemetry::kafka_stats::record_lag(lag);
         }
         if let Some(h) = &opts.health {
             let ready = !group.is_empty()
@@ -551,10 +554,9 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
                 && phases.is_empty()
                 && caught_up.len() == owned;
             h.ready.store(ready, Ordering::Relaxed);
-            if last_status.elapsed() >= Duration::from_secs(1) {
-                *h.status.lock().unwrap() =
-                    kafka_status(&cfg, &source, &group, &caught_up, &phases, &reader, depth);
-                last_status = Instant::now();
+            if let Some(lag) = &lag {
+                let status = kafka_status(&cfg, lag, &group, &caught_up, &phases, &reader, depth);
+                *h.status.lock().unwrap() = serde_json::to_value(status).unwrap_or_default();
             }
         }
         let now = wall_now_ms();
@@ -624,59 +626,106 @@ fn broker_trouble(last: &mut Instant, p: u16, e: &dyn std::fmt::Display) {
     }
 }
 
-/// What `/status` shows of a Kafka-mode instance: every partition the group gave it, with its
-/// phase, positions, lag and restore progress.
+/// What `/status` shows of a Kafka-mode instance (its JSON); `rapport status`, `rapport bench
+/// scale` and the tests read it back with the same type.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    pub mode: String,
+    pub group_id: String,
+    pub group_instance_id: String,
+    pub client_id: String,
+    pub assignment: String,
+    pub outbox_depth: u64,
+    /// Every partition the group gave the instance.
+    pub partitions: Vec<PartitionStatus>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PartitionStatus {
+    pub partition: u16,
+    /// checking, restoring, catching_up or caught_up.
+    pub phase: String,
+    pub inputs: Vec<InputStatus>,
+    pub restore: Option<RestoreStatus>,
+}
+
+impl PartitionStatus {
+    /// Caught up, and every input read to its current end.
+    pub fn settled(&self) -> bool {
+        self.phase == "caught_up"
+            && !self.inputs.is_empty()
+            && self.inputs.iter().all(|i| i.lag == Some(0))
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct InputStatus {
+    pub topic: String,
+    pub next_offset: Option<i64>,
+    pub high_watermark: Option<i64>,
+    pub lag: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct RestoreStatus {
+    pub read: u64,
+    pub total: u64,
+}
+
 fn kafka_status(
     cfg: &Config,
-    source: &crate::source::kafka::KafkaSource,
+    lag: &[crate::source::kafka::InputLag],
     group: &std::collections::BTreeSet<u16>,
     caught_up: &[u16],
     phases: &std::collections::BTreeMap<u16, PartitionPhase>,
     reader: &crate::source::changelog::ChangelogReader,
     outbox_depth: u64,
-) -> serde_json::Value {
-    use serde_json::json;
-    let lag = source.lag();
+) -> Status {
     let progress = reader.progress();
-    let parts: Vec<serde_json::Value> = group
+    let partitions = group
         .iter()
         .map(|p| {
             let phase = match phases.get(p) {
                 Some(PartitionPhase::ToCheck | PartitionPhase::Checking) => "checking",
-                Some(PartitionPhase::ToRestore { .. }) => "restoring",
+                Some(PartitionPhase::ToRestore { .. } | PartitionPhase::Restoring { .. }) => {
+                    "restoring"
+                }
                 Some(PartitionPhase::ToActivate) => "catching_up",
-                Some(PartitionPhase::Restoring { .. }) => "restoring",
                 None if caught_up.contains(p) => "caught_up",
                 None => "catching_up",
             };
-            let topics: Vec<serde_json::Value> = lag
-                .iter()
-                .filter(|(_, q, _, _)| *q == *p as i32)
-                .map(|(t, _, next, high)| {
-                    json!({
-                        "topic": t,
-                        "next_offset": next,
-                        "high_watermark": high,
-                        "lag": match (next, high) { (Some(n), Some(h)) => Some((h - n).max(0)), _ => None },
+            PartitionStatus {
+                partition: *p,
+                phase: phase.to_owned(),
+                inputs: lag
+                    .iter()
+                    .filter(|i| i.partition == *p as i32)
+                    .map(|i| InputStatus {
+                        topic: i.topic.clone(),
+                        next_offset: i.next,
+                        high_watermark: i.high,
+                        lag: i.lag(),
                     })
-                })
-                .collect();
-            let restore = progress
-                .iter()
-                .find(|r| r.partition == *p && r.restoring)
-                .map(|r| json!({"read": r.read, "total": r.total}));
-            json!({"partition": p, "phase": phase, "inputs": topics, "restore": restore})
+                    .collect(),
+                restore: progress
+                    .iter()
+                    .find(|r| r.partition == *p && r.restoring)
+                    .map(|r| RestoreStatus {
+                        read: r.read,
+                        total: r.total,
+                    }),
+            }
         })
         .collect();
-    json!({
-        "mode": "kafka",
-        "group_id": cfg.kafka.group_id,
-        "group_instance_id": cfg.kafka.group_instance_id,
-        "client_id": cfg.kafka.client_id,
-        "assignment": cfg.kafka.assignment,
-        "outbox_depth": outbox_depth,
-        "partitions": parts,
-    })
+    Status {
+        mode: "kafka".into(),
+        group_id: cfg.kafka.group_id.clone(),
+        group_instance_id: cfg.kafka.group_instance_id.clone(),
+        client_id: cfg.kafka.client_id.clone(),
+        assignment: cfg.kafka.assignment.clone(),
+        outbox_depth,
+        partitions,
+    }
 }
 
 /// One account as `inspect` and the demo's risk table show it.
@@ -1147,52 +1196,41 @@ pub fn fetch_status(url: &str) -> Result<String> {
 
 /// `/status` as tables: the instance, then one row per partition and input topic.
 pub fn status_table(body: &str) -> Result<String> {
-    let v: serde_json::Value = serde_json::from_str(body).context("/status did not answer JSON")?;
-    if v.is_null() || v["partitions"].is_null() {
+    if serde_json::from_str::<serde_json::Value>(body).is_ok_and(|v| v.is_null()) {
         return Ok("This instance reports no partitions yet (starting, or not in Kafka mode).\n".into());
     }
+    let v: Status = serde_json::from_str(body).context("/status did not answer its JSON")?;
     let mut out = format!(
         "group {} · instance {} · {} rebalancing · outbox {}\n",
-        v["group_id"].as_str().unwrap_or("?"),
-        match v["group_instance_id"].as_str() {
-            Some("") | None => "(dynamic member)",
-            Some(id) => id,
-        },
-        v["assignment"].as_str().unwrap_or("?"),
-        v["outbox_depth"]
+        v.group_id,
+        if v.group_instance_id.is_empty() { "(dynamic member)" } else { &v.group_instance_id },
+        v.assignment,
+        v.outbox_depth
     );
     let mut t = Table::new();
     t.load_style(UTF8_FULL_CONDENSED).set_header(vec![
         "partition", "phase", "topic", "next offset", "end", "lag", "restore",
     ]);
-    let num = |x: &serde_json::Value| x.as_i64().map_or("—".to_owned(), |n| n.to_string());
-    for p in v["partitions"].as_array().into_iter().flatten() {
-        let restore = match (p["restore"]["read"].as_u64(), p["restore"]["total"].as_u64()) {
-            (Some(r), Some(t)) if t > 0 => format!("{r} / {t} ({:.0}%)", 100.0 * r as f64 / t as f64),
+    let num = |x: Option<i64>| x.map_or("—".to_owned(), |n| n.to_string());
+    for p in &v.partitions {
+        let restore = match p.restore {
+            Some(r) if r.total > 0 => {
+                format!("{} / {} ({:.0}%)", r.read, r.total, 100.0 * r.read as f64 / r.total as f64)
+            }
             _ => String::new(),
         };
-        let inputs = p["inputs"].as_array().cloned().unwrap_or_default();
-        if inputs.is_empty() {
-            t.add_row(vec![
-                Cell::new(&p["partition"]),
-                Cell::new(p["phase"].as_str().unwrap_or("")),
-                Cell::new(""),
-                Cell::new(""),
-                Cell::new(""),
-                Cell::new(""),
-                Cell::new(restore),
-            ]);
-            continue;
-        }
-        for (i, input) in inputs.iter().enumerate() {
+        // One row per input topic; the partition's own columns on its first.
+        let rows = p.inputs.len().max(1);
+        for i in 0..rows {
+            let input = p.inputs.get(i);
             let first = i == 0;
             t.add_row(vec![
-                Cell::new(if first { p["partition"].to_string() } else { String::new() }),
-                Cell::new(if first { p["phase"].as_str().unwrap_or("") } else { "" }),
-                Cell::new(input["topic"].as_str().unwrap_or("")),
-                Cell::new(num(&input["next_offset"])).set_alignment(CellAlignment::Right),
-                Cell::new(num(&input["high_watermark"])).set_alignment(CellAlignment::Right),
-                Cell::new(num(&input["lag"])).set_alignment(CellAlignment::Right),
+                Cell::new(if first { p.partition.to_string() } else { String::new() }),
+                Cell::new(if first { p.phase.as_str() } else { "" }),
+                Cell::new(input.map_or("", |x| x.topic.as_str())),
+                Cell::new(input.map_or(String::new(), |x| num(x.next_offset))).set_alignment(CellAlignment::Right),
+                Cell::new(input.map_or(String::new(), |x| num(x.high_watermark))).set_alignment(CellAlignment::Right),
+                Cell::new(input.map_or(String::new(), |x| num(x.lag))).set_alignment(CellAlignment::Right),
                 Cell::new(if first { restore.clone() } else { String::new() }),
             ]);
         }

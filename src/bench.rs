@@ -417,24 +417,10 @@ impl Instance {
 
     /// Partitions this instance reads and has read to the end, with no lag.
     fn caught_up(&self) -> Vec<u16> {
-        let Some(v) = self
-            .get("/status")
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        else {
-            return Vec::new();
-        };
-        v["partitions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|p| {
-                p["phase"] == "caught_up"
-                    && p["inputs"]
-                        .as_array()
-                        .is_some_and(|i| i.iter().all(|x| x["lag"].as_i64() == Some(0)))
-            })
-            .filter_map(|p| p["partition"].as_u64().map(|n| n as u16))
-            .collect()
+        self.get("/status")
+            .and_then(|t| serde_json::from_str::<app::Status>(&t).ok())
+            .map(|s| s.partitions.iter().filter(|p| p.settled()).map(|p| p.partition).collect())
+            .unwrap_or_default()
     }
 
     fn alive(&mut self) -> Result<()> {

@@ -17,23 +17,15 @@ use std::time::{Duration, Instant};
 use kafka_support::*;
 use serde_json::Value;
 
-/// What `/status` says of an instance: partition → (phase, every input read to its end).
-fn partitions(p: &Proc) -> Option<BTreeMap<u16, (String, bool)>> {
+/// What `/status` says of an instance: partition → settled (caught up, every input read to
+/// its end).
+fn partitions(p: &Proc) -> Option<BTreeMap<u16, bool>> {
     let (code, body) = http_get(p.port, "/status")?;
     if code != 200 {
         return None;
     }
-    let v: Value = serde_json::from_str(&body).ok()?;
-    let mut m = BTreeMap::new();
-    for part in v["partitions"].as_array()? {
-        let n = part["partition"].as_u64()? as u16;
-        let phase = part["phase"].as_str()?.to_owned();
-        let read_all = part["inputs"]
-            .as_array()
-            .is_some_and(|ins| !ins.is_empty() && ins.iter().all(|i| i["lag"].as_i64() == Some(0)));
-        m.insert(n, (phase, read_all));
-    }
-    Some(m)
+    let v: rapport::app::Status = serde_json::from_str(&body).ok()?;
+    Some(v.partitions.iter().map(|x| (x.partition, x.settled())).collect())
 }
 
 /// Waits until the instances together own all `n` partitions, each on exactly one, each caught
@@ -45,13 +37,13 @@ fn wait_settled(procs: &mut [&mut Proc], n: u16, what: &str) -> BTreeMap<u16, us
         for p in procs.iter_mut() {
             p.assert_running();
         }
-        let views: Vec<Option<BTreeMap<u16, (String, bool)>>> =
+        let views: Vec<Option<BTreeMap<u16, bool>>> =
             procs.iter().map(|p| partitions(p)).collect();
         let mut owner = BTreeMap::new();
         let mut ok = views.iter().all(Option::is_some);
         for (i, v) in views.iter().enumerate() {
-            for (part, (phase, read_all)) in v.iter().flatten() {
-                ok &= phase == "caught_up" && *read_all;
+            for (part, settled) in v.iter().flatten() {
+                ok &= *settled;
                 ok &= owner.insert(*part, i).is_none();
             }
         }
@@ -150,18 +142,6 @@ fn gone_dark_alerts_are_true(what: &str, job: &Job, input: &Path) -> usize {
     checked
 }
 
-/// The partitions an instance restored from the changelog, as its log says.
-fn restored_partitions(job: &Job, tag: &str) -> BTreeSet<u16> {
-    let log = std::fs::read_to_string(job.path().join(format!("{tag}.stderr"))).unwrap_or_default();
-    log.lines()
-        .filter(|l| l.contains("Restoring the partition from the changelog"))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("partition=")?.parse().ok())
-        })
-        .collect()
-}
-
 fn settings() -> Settings {
     let mut client = throttled_consumer(60);
     client.extend(short_session());
@@ -224,8 +204,8 @@ fn killed_instance_partitions_move_and_a_new_instance_restores_from_the_changelo
         "scale-kill: all six partitions caught up again {:.1} s after the kill: {owners:?}",
         killed_at.elapsed().as_secs_f64()
     );
-    let moved: BTreeSet<u16> = restored_partitions(&job, "a")
-        .union(&restored_partitions(&job, "b"))
+    let moved: BTreeSet<u16> = job.restored_partitions("a")
+        .union(&job.restored_partitions("b"))
         .copied()
         .collect();
     assert!(
@@ -242,7 +222,7 @@ fn killed_instance_partitions_move_and_a_new_instance_restores_from_the_changelo
     let parts_d: BTreeSet<u16> = owners.iter().filter(|(_, i)| **i == 2).map(|(p, _)| *p).collect();
     assert!(!parts_d.is_empty(), "D was given partitions: {owners:?}");
     assert_eq!(
-        restored_partitions(&job, "d"),
+        job.restored_partitions("d"),
         parts_d,
         "D restored every partition it holds from the changelog\n{}",
         d.logs()
@@ -329,8 +309,8 @@ fn scaling_from_one_to_three_and_back_to_one_keeps_every_account() {
         "the three instances share the partitions: {owners:?}"
     );
     assert!(
-        restored_partitions(&job, "b")
-            .union(&restored_partitions(&job, "c"))
+        job.restored_partitions("b")
+            .union(&job.restored_partitions("c"))
             .count()
             >= given_away.len(),
         "B and C restored what A gave them from the changelog\n{}\n{}",
@@ -342,7 +322,7 @@ fn scaling_from_one_to_three_and_back_to_one_keeps_every_account() {
     b.stop();
     c.stop();
     wait_settled(&mut [&mut a], 6, "A alone again");
-    let back = restored_partitions(&job, "a");
+    let back = job.restored_partitions("a");
     assert!(
         given_away.is_subset(&back),
         "A restored the partitions it got back ({given_away:?}) since others wrote their changelog since (restored: {back:?})\n{}",

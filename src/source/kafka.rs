@@ -47,6 +47,24 @@ pub fn position_key(topic: &str, partition: i32) -> String {
     format!("kafka:{topic}:{partition}")
 }
 
+/// Where reading one active input topic partition stands.
+#[derive(Debug, Clone)]
+pub struct InputLag {
+    pub topic: String,
+    pub partition: i32,
+    /// The next offset to process.
+    pub next: Option<i64>,
+    /// The end of the partition (high watermark).
+    pub high: Option<i64>,
+}
+
+impl InputLag {
+    /// Records between the next to process and the end, when both are known.
+    pub fn lag(&self) -> Option<i64> {
+        Some((self.high? - self.next?).max(0))
+    }
+}
+
 /// Called inside a revocation, before the partitions stop being ours; the flag says the
 /// assignment was *lost* (our session expired: another instance may own them already).
 pub type RevokeHook = Box<dyn FnMut(&[u16], bool) + Send>;
@@ -514,7 +532,7 @@ impl KafkaSource {
     }
 
     /// Per active (topic, partition): the next offset to process and the cached high watermark.
-    pub fn lag(&self) -> Vec<(String, i32, Option<i64>, Option<i64>)> {
+    pub fn lag(&self) -> Vec<InputLag> {
         let own = self.ownership.lock().unwrap();
         let mut v = Vec::new();
         for p in &own.owned {
@@ -527,7 +545,12 @@ impl KafkaSource {
                     .and_then(|i| self.handed.get(i).copied())
                     .or_else(|| own.start.get(&tp).copied().flatten())
                     .or(marks.map(|(low, _)| low));
-                v.push((t.clone(), *p as i32, next, marks.map(|(_, h)| h)));
+                v.push(InputLag {
+                    topic: t.clone(),
+                    partition: *p as i32,
+                    next,
+                    high: marks.map(|(_, h)| h),
+                });
             }
         }
         v

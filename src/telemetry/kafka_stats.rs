@@ -14,11 +14,11 @@ pub fn record_consumer(s: &Statistics) {
 }
 
 /// Consumer lag per input topic partition: its end offset minus the next offset to process.
-pub fn record_lag(lag: &[(String, i32, Option<i64>, Option<i64>)]) {
-    for (topic, p, next, high) in lag {
-        if let (Some(n), Some(h)) = (next, high) {
-            gauge!(KAFKA_CONSUMER_LAG, "topic" => topic.clone(), "partition" => p.to_string())
-                .set((h - n).max(0) as f64);
+pub fn record_lag(inputs: &[crate::source::kafka::InputLag]) {
+    for i in inputs {
+        if let Some(lag) = i.lag() {
+            gauge!(KAFKA_CONSUMER_LAG, "topic" => i.topic.clone(), "partition" => i.partition.to_string())
+                .set(lag as f64);
         }
     }
 }

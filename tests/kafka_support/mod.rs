@@ -644,6 +644,19 @@ dlq = "{dlq}"
         (path, port)
     }
 
+    /// The partitions instance `tag` restored from the changelog, as its log says.
+    pub fn restored_partitions(&self, tag: &str) -> BTreeSet<u16> {
+        let log = std::fs::read_to_string(self.path().join(format!("{tag}.stderr")))
+            .unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains("Restoring the partition from the changelog"))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("partition=")?.parse().ok())
+            })
+            .collect()
+    }
+
     pub fn data(&self, tag: &str) -> PathBuf {
         self.path().join(format!("data-{tag}"))
     }
