@@ -183,6 +183,47 @@ pub struct Components {
     pub call_sentiment: Weighted,
     pub commercial: Weighted,
     pub recency: Recency,
+    pub outcome: Outcome,
+}
+
+/// The outcome component: how much value the account gets out of the product, counted as the
+/// product-usage events of the named outcome features, against what its plan or ARR tier (or its
+/// own history) implies.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Outcome {
+    pub weight: f64,
+    /// `product_usage` features that are outcomes ("report_delivered", "invoice_sent").
+    pub features: Vec<String>,
+    /// How drivers name the outcomes, plural: "reports delivered".
+    pub label: String,
+    /// Days over which outcomes are counted.
+    pub window_days: u32,
+    /// What the count is measured against.
+    pub baseline: OutcomeBaseline,
+    /// Outcomes per window that earn full marks when no plan or ARR tier below applies.
+    pub expected: f64,
+    /// Per plan (the `plan` of the account's deal events): outcomes per window for full marks.
+    pub expected_by_plan: std::collections::BTreeMap<String, f64>,
+    /// Per ARR tier, by the tier's lowest ARR; the highest tier at or below the account's ARR
+    /// applies (used when no plan entry does).
+    pub expected_by_arr: Vec<ArrTier>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeBaseline {
+    /// The configured expectation (by plan, ARR tier or `expected`).
+    Expectation,
+    /// The account's own rate over the earlier days of its 90-day history.
+    OwnHistory,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ArrTier {
+    pub arr_from: f64,
+    pub expected: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -441,6 +482,7 @@ impl Config {
             ("call_sentiment", c.call_sentiment.weight),
             ("commercial", c.commercial.weight),
             ("recency", c.recency.weight),
+            ("outcome", c.outcome.weight),
         ];
         for (name, w) in weights {
             if !w.is_finite() || w < 0.0 {
@@ -462,9 +504,9 @@ impl Config {
                 b.yellow, b.green
             ));
         }
-        if self.scorecard.min_components == 0 || self.scorecard.min_components > 7 {
+        if self.scorecard.min_components == 0 || self.scorecard.min_components > 8 {
             return bad(format!(
-                "scorecard.min_components is {}; it must be between 1 and 7 (the number of components).",
+                "scorecard.min_components is {}; it must be between 1 and 8 (the number of components).",
                 self.scorecard.min_components
             ));
         }
@@ -488,6 +530,32 @@ impl Config {
                 "scorecard.components.email_engagement.target_engagement_rate must be above 0."
                     .into(),
             );
+        }
+        let o = &c.outcome;
+        if o.weight > 0.0 && o.features.is_empty() {
+            return bad(format!(
+                "scorecard.components.outcome.weight is {} but no outcome features are named; list the product_usage features that are outcomes in scorecard.components.outcome.features, or set the weight to 0.",
+                o.weight
+            ));
+        }
+        if o.window_days == 0 || o.window_days > 45 {
+            return bad(format!(
+                "scorecard.components.outcome.window_days is {}; it must be between 1 and 45 (the 90-day history must hold the window twice for `own_history`).",
+                o.window_days
+            ));
+        }
+        let expectations = std::iter::once(("expected".to_owned(), o.expected))
+            .chain(o.expected_by_plan.iter().map(|(k, v)| (format!("expected_by_plan.{k}"), *v)))
+            .chain(o.expected_by_arr.iter().map(|t| (format!("expected_by_arr (arr_from = {})", t.arr_from), t.expected)));
+        for (name, v) in expectations {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(format!(
+                    "scorecard.components.outcome.{name} is {v}; an expectation must be a number of outcomes above 0."
+                ));
+            }
+        }
+        if o.expected_by_arr.windows(2).any(|w| !(w[0].arr_from < w[1].arr_from)) {
+            return bad("scorecard.components.outcome.expected_by_arr must be sorted by arr_from, lowest first, without repeats.".into());
         }
         let a = &self.alerts;
         let u = &a.usage_drop;

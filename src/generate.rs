@@ -1301,6 +1301,8 @@ impl Portfolio {
                 amount: Some(amount),
                 currency: Some("USD".to_owned()),
                 close_day: Some(self.spec.start_day + close),
+                plan: None,
+                industry: None,
             }),
         };
         Event {

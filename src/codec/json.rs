@@ -165,6 +165,8 @@ enum Key {
     Amount,
     Currency,
     CloseDate,
+    Plan,
+    Industry,
 }
 
 impl Key {
@@ -191,6 +193,8 @@ impl Key {
             "amount" => Key::Amount,
             "currency" => Key::Currency,
             "close_date" => Key::CloseDate,
+            "plan" => Key::Plan,
+            "industry" => Key::Industry,
             _ => return None,
         })
     }
@@ -218,6 +222,8 @@ impl Key {
             Key::Amount => "amount",
             Key::Currency => "currency",
             Key::CloseDate => "close_date",
+            Key::Plan => "plan",
+            Key::Industry => "industry",
         }
     }
 }
@@ -302,6 +308,8 @@ impl<'de> Visitor<'de> for RawVisitor<'_, 'de> {
                 Key::Amount => raw.amount = map.next_value::<Num>()?.0,
                 Key::Currency => raw.currency = map.next_value::<Str>()?.0,
                 Key::CloseDate => raw.close_date = map.next_value::<Str>()?.0,
+                Key::Plan => raw.plan = map.next_value::<Str>()?.0,
+                Key::Industry => raw.industry = map.next_value::<Str>()?.0,
             }
         }
         Ok(())
@@ -517,6 +525,8 @@ pub fn encode_event(ev: &Event, out: &mut Vec<u8>) {
             if let Some(day) = d.close_day {
                 field_str(out, "close_date", &time::format_day(day));
             }
+            opt_str(out, "plan", d.plan.as_deref());
+            opt_str(out, "industry", d.industry.as_deref());
         }
     }
     out.push(b'}');
@@ -641,6 +651,8 @@ mod tests {
                 amount: Some(120_000.0),
                 currency: Some("USD".into()),
                 close_day: Some(20_849),
+                plan: None,
+                industry: None,
             })
         );
     }
@@ -989,6 +1001,8 @@ mod tests {
                 amount: Some(120_000.0),
                 currency: Some("USD".into()),
                 close_day: Some(20_849),
+                plan: None,
+                industry: None,
             })),
             base(EventBody::Deal(Deal {
                 deal_id: "opp-2".into(),
@@ -997,6 +1011,8 @@ mod tests {
                 amount: None,
                 currency: None,
                 close_day: None,
+                plan: None,
+                industry: None,
             })),
             base(EventBody::Deal(Deal {
                 deal_id: "opp-3".into(),
@@ -1005,6 +1021,8 @@ mod tests {
                 amount: Some(0.1),
                 currency: None,
                 close_day: Some(-3),
+                plan: None,
+                industry: None,
             })),
         ]
     }

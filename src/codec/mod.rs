@@ -256,6 +256,8 @@ pub(crate) struct Raw<'a> {
     pub amount: Option<f64>,
     pub currency: Option<Cow<'a, str>>,
     pub close_date: Option<Cow<'a, str>>,
+    pub plan: Option<Cow<'a, str>>,
+    pub industry: Option<Cow<'a, str>>,
 }
 
 impl<'a> Raw<'a> {
@@ -283,6 +285,8 @@ impl<'a> Raw<'a> {
             amount: None,
             currency: None,
             close_date: None,
+            plan: None,
+            industry: None,
         }
     }
 }
@@ -581,6 +585,8 @@ pub(crate) fn validate(raw: &mut Raw<'_>, limits: &DecodeLimits) -> Result<Event
                 amount: non_negative(raw.amount, "amount")?,
                 currency: optional_text(raw.currency.take()),
                 close_day,
+                plan: optional_id(raw.plan.take(), "plan", limits)?,
+                industry: optional_id(raw.industry.take(), "industry", limits)?,
             })
         }
         other => {

@@ -293,11 +293,11 @@ struct AlertJson<'a> {
             account in "\\PC{0,12}",
             score in 0u32..101,
             prev in proptest::option::of(0u32..101),
-            comps in proptest::collection::vec((0usize..7, -1.0e3f64..1.0e3), 0..8),
+            comps in proptest::collection::vec((0usize..8, -1.0e3f64..1.0e3), 0..8),
             drivers in proptest::collection::vec((-100.0f64..100.0, "\\PC{0,20}"), 0..4),
             as_of in proptest::num::i64::ANY,
         ) {
-            const NAMES: [&str; 7] = ["usage_frequency", "usage_trend", "adoption", "email_engagement", "call_sentiment", "commercial", "recency"];
+            const NAMES: [&str; 8] = ["usage_frequency", "usage_trend", "adoption", "email_engagement", "call_sentiment", "commercial", "recency", "outcome"];
             let c = ScoreChange {
                 account_id: account,
                 score,

@@ -97,6 +97,8 @@ fn fill_raw(msg: pb::Event, raw: &mut Raw<'static>) {
             raw.amount = d.amount;
             raw.currency = text(d.currency);
             raw.close_date = text(d.close_date);
+            raw.plan = text(d.plan);
+            raw.industry = text(d.industry);
             "deal"
         }
     }));
@@ -143,6 +145,8 @@ pub fn encode_event(ev: &Event) -> Vec<u8> {
             amount: d.amount,
             currency: s(&d.currency),
             close_date: d.close_day.map(time::format_day).unwrap_or_default(),
+            plan: s(&d.plan),
+            industry: s(&d.industry),
         }),
     };
     pb::Event {
@@ -285,6 +289,8 @@ mod tests {
                 amount: Some(120_000.0),
                 currency: Some("USD".into()),
                 close_day: Some(20_849),
+                plan: None,
+                industry: None,
             })),
             base(EventBody::Deal(Deal {
                 deal_id: "opp-2".into(),
@@ -293,6 +299,8 @@ mod tests {
                 amount: None,
                 currency: None,
                 close_day: None,
+                plan: None,
+                industry: None,
             })),
             base(EventBody::Deal(Deal {
                 deal_id: "opp-3".into(),
@@ -301,6 +309,8 @@ mod tests {
                 amount: Some(0.5),
                 currency: None,
                 close_day: Some(-1),
+                plan: None,
+                industry: None,
             })),
         ]
     }

@@ -124,7 +124,7 @@ pub fn evaluate(
         sc.abs_diff(s.emitted_score) >= cfg.scorecard.min_score_delta || band != prev_band
     };
     if emit {
-        let previous: Option<[Option<f64>; 7]> =
+        let previous: Option<score::Values> =
             s.scored.then(|| score::from_stored(&s.emitted_components));
         let drivers = score::drivers(s, now_ms, previous.as_ref(), &values, cfg);
         s.emit_seq += 1;

@@ -146,6 +146,10 @@ pub struct Deal {
     pub currency: Option<String>,
     /// UTC day number of the (expected) close date.
     pub close_day: Option<i32>,
+    /// The account's plan and industry as the CRM knows them (segments for peer levels and
+    /// plan-based outcome expectations); the latest event that carries one wins.
+    pub plan: Option<String>,
+    pub industry: Option<String>,
 }
 
 impl Direction {

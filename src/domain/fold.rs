@@ -36,16 +36,35 @@ pub fn fold(s: &mut AccountState, ev: &Event, late: bool, cfg: &Config) {
     let day = day_of(t);
     let latest_day = day_of(s.max_event_ms);
     match &ev.body {
-        EventBody::ProductUsage(u) => fold_usage(s, u, t, day, latest_day),
+        EventBody::ProductUsage(u) => fold_usage(s, u, t, day, latest_day, cfg),
         EventBody::Email(e) => fold_email(s, e, t, day, latest_day, late),
         EventBody::Call(c) => fold_call(s, c, t, day, latest_day, late, cfg),
         EventBody::Deal(d) => fold_deal(s, d, t, late),
     }
 }
 
-fn fold_usage(s: &mut AccountState, u: &ProductUsage, t: i64, day: i32, latest_day: i32) {
+fn fold_usage(
+    s: &mut AccountState,
+    u: &ProductUsage,
+    t: i64,
+    day: i32,
+    latest_day: i32,
+    cfg: &Config,
+) {
+    // An outcome (a report delivered, an invoice sent) is usage too, and also counted apart.
+    let outcome = u.feature.as_deref().is_some_and(|f| {
+        cfg.scorecard
+            .components
+            .outcome
+            .features
+            .iter()
+            .any(|o| o == f)
+    });
     if let Some(b) = bucket_mut(s, day, latest_day) {
         b.usage_events += 1;
+        if outcome {
+            b.outcome_events += 1;
+        }
     }
     // `quantity` is validated but the scorecard counts events: volumes of different features
     // are not comparable units.
@@ -174,6 +193,16 @@ fn fold_call(
 
 fn fold_deal(s: &mut AccountState, d: &Deal, t: i64, late: bool) {
     s.last_deal_ms = s.last_deal_ms.max(t);
+    // Attributes: the latest event (by event time) that carries them wins, late or not.
+    if (d.plan.is_some() || d.industry.is_some()) && t >= s.attrs_ms {
+        s.attrs_ms = t;
+        if let Some(p) = &d.plan {
+            s.plan.clone_from(p);
+        }
+        if let Some(i) = &d.industry {
+            s.industry.clone_from(i);
+        }
+    }
     let pos = s.open_deals.iter().position(|o| o.deal_id == d.deal_id);
     match &d.stage {
         DealStage::Open(stage) => {

@@ -7,7 +7,7 @@
 //! contributions add up to the score, so the drivers of a change (differences of contributions)
 //! add up to the change itself.
 
-use crate::config::{Bands, Config};
+use crate::config::{Bands, Config, OutcomeBaseline};
 use crate::domain::event::{DAY_MS, day_of};
 use crate::domain::fold::money;
 use crate::domain::state::{active_since, buckets_in, rel_day};
@@ -23,9 +23,16 @@ pub enum Component {
     CallSentiment,
     Commercial,
     Recency,
+    Outcome,
 }
 
-pub const COMPONENTS: [Component; 7] = [
+/// How many components a scorecard has.
+pub const N_COMPONENTS: usize = 8;
+
+/// One value per component, `None` where it has no data, in [`COMPONENTS`] order.
+pub type Values = [Option<f64>; N_COMPONENTS];
+
+pub const COMPONENTS: [Component; N_COMPONENTS] = [
     Component::UsageFrequency,
     Component::UsageTrend,
     Component::Adoption,
@@ -33,6 +40,7 @@ pub const COMPONENTS: [Component; 7] = [
     Component::CallSentiment,
     Component::Commercial,
     Component::Recency,
+    Component::Outcome,
 ];
 
 impl Component {
@@ -45,6 +53,7 @@ impl Component {
             Component::CallSentiment => "call_sentiment",
             Component::Commercial => "commercial",
             Component::Recency => "recency",
+            Component::Outcome => "outcome",
         }
     }
 
@@ -58,6 +67,7 @@ impl Component {
             Component::CallSentiment => c.call_sentiment.weight,
             Component::Commercial => c.commercial.weight,
             Component::Recency => c.recency.weight,
+            Component::Outcome => c.outcome.weight,
         }
     }
 }
@@ -171,7 +181,7 @@ pub fn windows(s: &AccountState, now_ms: i64) -> Windows {
 pub struct Scored {
     pub score: u32,
     /// Component values, `None` when the component has no data, in [`COMPONENTS`] order.
-    pub values: [Option<f64>; 7],
+    pub values: Values,
 }
 
 impl Scored {
@@ -185,9 +195,9 @@ impl Scored {
 }
 
 /// Component values back from their stored form.
-pub fn from_stored(stored: &[u32]) -> [Option<f64>; 7] {
-    let mut p = [None; 7];
-    for (i, v) in stored.iter().enumerate().take(7) {
+pub fn from_stored(stored: &[u32]) -> Values {
+    let mut p = [None; N_COMPONENTS];
+    for (i, v) in stored.iter().enumerate().take(N_COMPONENTS) {
         p[i] = (*v > 0).then(|| (*v - 1) as f64 / 10.0);
     }
     p
@@ -198,7 +208,7 @@ fn clamp01(x: f64) -> f64 {
 }
 
 /// Computes each component's value; `None` when it has no data.
-pub fn components(s: &AccountState, now_ms: i64, cfg: &Config) -> [Option<f64>; 7] {
+pub fn components(s: &AccountState, now_ms: i64, cfg: &Config) -> Values {
     components_with(s, &windows(s, now_ms), now_ms, cfg)
 }
 
@@ -207,10 +217,10 @@ pub fn components_with(
     w: &Windows,
     now_ms: i64,
     cfg: &Config,
-) -> [Option<f64>; 7] {
+) -> Values {
     let c = &cfg.scorecard.components;
     let today = day_of(now_ms);
-    let mut out = [None; 7];
+    let mut out = [None; N_COMPONENTS];
 
     if s.last_usage_ms > 0 {
         out[0] = Some(
@@ -269,7 +279,107 @@ pub fn components_with(
         };
         out[5] = Some(value.max(0.0));
     }
+
+    if !c.outcome.features.is_empty()
+        && let Some(e) = outcome_expectation(s, &outcome_window(s, now_ms, cfg), cfg)
+    {
+        out[7] = Some(100.0 * clamp01(e.count as f64 / e.expected));
+    }
     out
+}
+
+/// Outcome events in the component's window and in the earlier days of the kept history.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OutcomeWindow {
+    pub count: u32,
+    pub earlier: u32,
+    /// Days of history before the window (0 for an account younger than the window).
+    pub earlier_days: i32,
+    /// Whether the account is at least as old as the window.
+    pub complete: bool,
+}
+
+pub fn outcome_window(s: &AccountState, now_ms: i64, cfg: &Config) -> OutcomeWindow {
+    let window = cfg.scorecard.components.outcome.window_days as i32;
+    let today = day_of(now_ms);
+    let mut w = OutcomeWindow::default();
+    if s.first_seen_ms <= 0 {
+        return w;
+    }
+    let age_days = today - day_of(s.first_seen_ms) + 1;
+    w.complete = age_days >= window;
+    w.earlier_days = (age_days.min(crate::domain::state::BUCKET_DAYS) - window).max(0);
+    for b in s.days.iter().rev() {
+        let age = today - (s.base_day + b.day as i32);
+        if age < 0 {
+            continue;
+        }
+        if age < window {
+            w.count += b.outcome_events;
+        } else {
+            w.earlier += b.outcome_events;
+        }
+    }
+    w
+}
+
+/// What an account's outcome count was measured against.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Basis {
+    Plan(String),
+    ArrTier(f64),
+    Default,
+    /// Its own earlier rate, over this many days.
+    History(i32),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expectation {
+    pub count: u32,
+    /// Outcomes per window that earn full marks (above 0).
+    pub expected: f64,
+    pub basis: Basis,
+}
+
+/// The expectation an account's outcomes are measured against; `None` while the account is
+/// younger than the window (or, for `own_history`, than two windows, or with no earlier outcome).
+pub fn outcome_expectation(
+    s: &AccountState,
+    w: &OutcomeWindow,
+    cfg: &Config,
+) -> Option<Expectation> {
+    let o = &cfg.scorecard.components.outcome;
+    if !w.complete {
+        return None;
+    }
+    let (expected, basis) = match o.baseline {
+        OutcomeBaseline::OwnHistory => {
+            if w.earlier_days < o.window_days as i32 || w.earlier == 0 {
+                return None;
+            }
+            let rate = w.earlier as f64 / w.earlier_days as f64 * o.window_days as f64;
+            (rate, Basis::History(w.earlier_days))
+        }
+        OutcomeBaseline::Expectation => {
+            if let Some(e) = o.expected_by_plan.get(&s.plan) {
+                (*e, Basis::Plan(s.plan.clone()))
+            } else if let Some(t) = o
+                .expected_by_arr
+                .iter()
+                .rev()
+                .find(|t| s.has_arr && s.arr >= t.arr_from)
+            {
+                (t.expected, Basis::ArrTier(t.arr_from))
+            } else {
+                (o.expected, Basis::Default)
+            }
+        }
+    };
+    Some(Expectation {
+        count: w.count,
+        expected,
+        basis,
+    })
 }
 
 /// ARR in force `days` before `now` (the first known ARR for younger accounts).
@@ -309,7 +419,7 @@ pub fn gross_retention(s: &AccountState, now_ms: i64) -> Option<f64> {
 
 /// The weighted score with proportional redistribution; `None` until at least
 /// `scorecard.min_components` components have data (one reading is not a health score).
-pub fn score(values: &[Option<f64>; 7], cfg: &Config) -> Option<Scored> {
+pub fn score(values: &Values, cfg: &Config) -> Option<Scored> {
     if values.iter().filter(|v| v.is_some()).count() < cfg.scorecard.min_components.max(1) as usize
     {
         return None;
@@ -330,13 +440,13 @@ pub fn score(values: &[Option<f64>; 7], cfg: &Config) -> Option<Scored> {
 }
 
 /// Each component's contribution in points (0 for a component without data).
-pub fn contributions(values: &[Option<f64>; 7], cfg: &Config) -> [f64; 7] {
+pub fn contributions(values: &Values, cfg: &Config) -> [f64; N_COMPONENTS] {
     let total: f64 = COMPONENTS
         .iter()
         .zip(values)
         .filter_map(|(c, v)| v.map(|_| c.weight(cfg)))
         .sum();
-    let mut out = [0.0; 7];
+    let mut out = [0.0; N_COMPONENTS];
     if total > 0.0 {
         for (i, (c, v)) in COMPONENTS.iter().zip(values).enumerate() {
             if let Some(v) = v {
@@ -361,15 +471,15 @@ pub struct Driver {
 pub fn drivers(
     s: &AccountState,
     now_ms: i64,
-    previous: Option<&[Option<f64>; 7]>,
-    current: &[Option<f64>; 7],
+    previous: Option<&Values>,
+    current: &Values,
     cfg: &Config,
 ) -> Vec<Driver> {
     let now_c = contributions(current, cfg);
     let impacts: Vec<(usize, f64)> = match previous {
         Some(prev) => {
             let prev_c = contributions(prev, cfg);
-            (0..7).map(|i| (i, now_c[i] - prev_c[i])).collect()
+            (0..N_COMPONENTS).map(|i| (i, now_c[i] - prev_c[i])).collect()
         }
         None => {
             let total: f64 = COMPONENTS
@@ -377,7 +487,7 @@ pub fn drivers(
                 .zip(current)
                 .filter_map(|(c, v)| v.map(|_| c.weight(cfg)))
                 .sum();
-            (0..7)
+            (0..N_COMPONENTS)
                 .filter_map(|i| {
                     current[i].map(|v| (i, COMPONENTS[i].weight(cfg) / total * (v - 100.0)))
                 })
@@ -497,6 +607,40 @@ pub fn explain(c: Component, s: &AccountState, now_ms: i64, cfg: &Config) -> Str
             t.push('.');
             t
         }
+        Component::Outcome => {
+            let o = &k.outcome;
+            let Some(e) = outcome_expectation(s, &outcome_window(s, now_ms, cfg), cfg) else {
+                return format!("Not enough history to judge {} yet.", o.label);
+            };
+            let head = format!(
+                "{} {} in the last {} days",
+                e.count, o.label, o.window_days
+            );
+            let fig = |x: f64| {
+                if (x - x.round()).abs() < 0.05 {
+                    format!("{x:.0}")
+                } else {
+                    format!("{x:.1}")
+                }
+            };
+            match e.basis {
+                Basis::Plan(p) => format!(
+                    "{head}; accounts on the {p} plan are expected to reach {}.",
+                    fig(e.expected)
+                ),
+                Basis::ArrTier(from) => format!(
+                    "{head}; accounts with ARR from {} are expected to reach {}.",
+                    money(from),
+                    fig(e.expected)
+                ),
+                Basis::Default => format!("{head}; the expectation is {}.", fig(e.expected)),
+                Basis::History(days) => format!(
+                    "{head}, against {} per {} days over the {days} days before.",
+                    fig(e.expected),
+                    o.window_days
+                ),
+            }
+        }
         Component::Recency => {
             let days = (now_ms - s.last_usage_ms).max(0) / DAY_MS;
             match days {
@@ -515,7 +659,7 @@ mod tests {
     #[test]
     fn redistribution_keeps_scale_and_contributions_sum() {
         let cfg = Config::defaults();
-        let mut v = [None; 7];
+        let mut v = [None; N_COMPONENTS];
         v[0] = Some(80.0);
         v[5] = Some(40.0);
         let s = score(&v, &cfg).unwrap();
@@ -523,7 +667,7 @@ mod tests {
         assert_eq!(s.score, 63);
         let total: f64 = contributions(&v, &cfg).iter().sum();
         assert!((total - 62.857).abs() < 0.01);
-        assert!(score(&[None; 7], &cfg).is_none());
+        assert!(score(&[None; N_COMPONENTS], &cfg).is_none());
     }
 
     #[test]
@@ -538,6 +682,7 @@ mod tests {
             None,
             Some(75.0),
             Some(100.0),
+            None,
         ];
         let now = [
             Some(50.0),
@@ -547,6 +692,7 @@ mod tests {
             Some(30.0),
             Some(75.0),
             Some(60.0),
+            None,
         ];
         let d = drivers(&s, 0, Some(&prev), &now, &cfg);
         assert_eq!(d[0].signal, "usage_trend");
