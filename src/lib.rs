@@ -31,6 +31,8 @@ pub mod pb {
 pub mod app;
 pub mod bench;
 pub mod changelog;
+pub mod churn;
+pub mod stats;
 pub mod pipeline;
 pub mod sink;
 pub mod source;

@@ -57,6 +57,12 @@ enum Cmd {
     },
     /// Send an NDJSON file of events to the Kafka input topics (for trials, tests and benchmarks).
     Produce(ProduceArgs),
+    /// Judge the scorecard on a churn history: score AUC, alert recall and lead time, alert noise.
+    Evaluate(HistoryArgs),
+    /// Fit scorecard weights to a churn history and write them to a file for review.
+    Calibrate(CalibrateArgs),
+    /// Write a synthetic churn history (churn following a known rule) as NDJSON.
+    GenerateHistory(GenerateHistoryArgs),
     /// Kafka topics: `rapport topics create --config FILE` creates the input, output and DLQ topics.
     Topics {
         #[command(subcommand)]
@@ -173,6 +179,60 @@ struct GenerateArgs {
 }
 
 #[derive(Args)]
+struct HistoryArgs {
+    /// NDJSON files of events (or directories of them); churn is marked by `cancellation` deals
+    /// that are `closed_won`.
+    #[arg(required = true)]
+    history: Vec<PathBuf>,
+    /// Configuration file whose scorecard and alert rules are judged.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// An observation counts as churning when the account cancels within this many days.
+    #[arg(long, default_value_t = 90)]
+    horizon_days: u32,
+    /// Days between observation dates.
+    #[arg(long, default_value_t = 7)]
+    every_days: u32,
+    /// Days of history before the first observation date.
+    #[arg(long, default_value_t = 35)]
+    warmup_days: u32,
+    /// The lead time an alert must have to count as early.
+    #[arg(long, default_value_t = 21)]
+    lead_days: u32,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct CalibrateArgs {
+    #[command(flatten)]
+    history: HistoryArgs,
+    /// Where to write the fitted scorecard (TOML, for review; nothing reads it by itself).
+    #[arg(long, short, default_value = "scorecard.calibrated.toml")]
+    out: PathBuf,
+    /// Share of the observation dates, earliest first, used to fit; the rest judge the fit.
+    #[arg(long, default_value_t = 0.6)]
+    train_fraction: f64,
+}
+
+#[derive(Args)]
+struct GenerateHistoryArgs {
+    /// Output file.
+    #[arg(long, short)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 2000)]
+    accounts: usize,
+    #[arg(long, default_value_t = 360)]
+    days: u32,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// What makes accounts churn.
+    #[arg(long, value_enum, default_value_t = rapport::churn::sim::ChurnRule::Outcome)]
+    rule: rapport::churn::sim::ChurnRule,
+}
+
+#[derive(Args)]
 struct ProduceArgs {
     #[command(flatten)]
     common: CommonArgs,
@@ -193,6 +253,29 @@ struct InspectArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// Loads the configuration and replays the history with a progress line on stderr.
+fn replay_history(a: &HistoryArgs) -> Result<(Config, rapport::churn::Replayed)> {
+    let cfg = Config::load(a.config.as_deref())?;
+    let (events, rejected) = rapport::churn::read_history(&a.history, &cfg)?;
+    if rejected > 0 {
+        eprintln!("{rejected} records are not valid events and were left out (`rapport run` would send them to the dead-letter output).");
+    }
+    let opts = rapport::churn::ReplayOpts {
+        every_days: a.every_days,
+        horizon_days: a.horizon_days,
+        warmup_days: a.warmup_days,
+    };
+    let r = rapport::churn::replay(events, &cfg, opts);
+    if r.observations.is_empty() {
+        anyhow::bail!(
+            "the history is too short for any observation: it needs more than warm-up ({} days) plus horizon ({} days) of events; pass a longer history or lower --horizon-days.",
+            a.warmup_days,
+            a.horizon_days
+        );
+    }
+    Ok((cfg, r))
 }
 
 fn load(common: &CommonArgs) -> Result<Config> {
@@ -301,6 +384,67 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 "Wrote {n} events and {bad} malformed records for {} accounts to {}.",
                 a.accounts,
                 a.out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Evaluate(a) => {
+            let (_, r) = replay_history(&a)?;
+            let e = rapport::churn::report::evaluate(&r, a.lead_days);
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&e)?);
+            } else {
+                print!("{}", e.table());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Calibrate(a) => {
+            let (cfg, r) = replay_history(&a.history)?;
+            let c = rapport::churn::report::calibrate(&r, &cfg, a.train_fraction);
+            if a.history.json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                print!("{}", c.table());
+            }
+            let source: Vec<String> = a.history.history.iter().map(|p| p.display().to_string()).collect();
+            if let Some(toml) = c.scorecard_toml(&cfg, &source.join(", ")) {
+                std::fs::write(&a.out, toml)
+                    .with_context(|| format!("writing {}", a.out.display()))?;
+                if !a.history.json {
+                    println!(
+                        "Wrote the fitted weights to {} for review; a run uses them only once they are merged into its configuration.",
+                        a.out.display()
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::GenerateHistory(a) => {
+            let spec = rapport::churn::sim::SimSpec {
+                accounts: a.accounts,
+                days: a.days,
+                seed: a.seed,
+                rule: a.rule,
+                ..Default::default()
+            };
+            let events = rapport::churn::sim::events(&spec);
+            let churners = rapport::churn::sim::truths(&spec).iter().filter(|t| t.churn_day.is_some()).count();
+            let mut w = std::io::BufWriter::new(
+                std::fs::File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?,
+            );
+            let mut line = Vec::new();
+            for ev in &events {
+                line.clear();
+                rapport::codec::json::encode_event(ev, &mut line);
+                line.push(b'\n');
+                std::io::Write::write_all(&mut w, &line)?;
+            }
+            std::io::Write::flush(&mut w)?;
+            println!(
+                "Wrote {} events of {} accounts ({churners} churn) to {}. Its outcome feature and plan expectations, to merge into a configuration:\n{}",
+                events.len(),
+                a.accounts,
+                a.out.display(),
+                rapport::churn::sim::outcome_scorecard_toml()
             );
             Ok(ExitCode::SUCCESS)
         }
