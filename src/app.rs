@@ -765,6 +765,19 @@ pub fn for_each_account(store: &dyn Store, mut f: impl FnMut(u16, AccountState))
     Ok(())
 }
 
+/// Partition `p`'s peer book as stored with its clock (empty without peer scoring).
+pub fn peer_book(store: &dyn Store, p: u16) -> crate::domain::peers::PeerBook {
+    use prost::Message;
+    store
+        .get(Cf::Meta, &crate::store::keys::clock_key(p))
+        .ok()
+        .flatten()
+        .and_then(|v| crate::pb::PartitionClock::decode(v.as_slice()).ok())
+        .and_then(|c| c.peers)
+        .map(|b| crate::domain::peers::PeerBook::from_proto(&b))
+        .unwrap_or_default()
+}
+
 /// The scoring time of an account: its partition's stream time.
 pub fn as_of(store: &dyn Store, p: u16) -> i64 {
     use prost::Message;
@@ -777,9 +790,14 @@ pub fn as_of(store: &dyn Store, p: u16) -> i64 {
 }
 
 /// The drivers of an account's current score: what costs it points, in points.
-pub fn current_drivers(s: &AccountState, now_ms: i64, cfg: &Config) -> Vec<score::Driver> {
-    let values = score::components(s, now_ms, cfg);
-    score::drivers(s, now_ms, None, &values, cfg)
+pub fn current_drivers(
+    s: &AccountState,
+    now_ms: i64,
+    cfg: &Config,
+    peers: Option<&crate::domain::peers::PeerBook>,
+) -> Vec<score::Driver> {
+    let values = score::components(s, now_ms, cfg, peers);
+    score::drivers(s, now_ms, None, &values, cfg, peers)
 }
 
 /// `rapport inspect ACCOUNT`: state, score, components, drivers and open alerts.
@@ -795,8 +813,10 @@ pub fn inspect(cfg: &Config, account: &str, json: bool, out: &mut dyn Write) -> 
     };
     let s = &view.state;
     let now = as_of(&store, view.partition).max(s.max_event_ms);
-    let values = score::components(s, now, cfg);
-    let drivers = current_drivers(s, now, cfg);
+    let book = peer_book(&store, view.partition);
+    let peers = (!cfg.scorecard.peers.components.is_empty()).then_some(&book);
+    let values = score::components(s, now, cfg, peers);
+    let drivers = current_drivers(s, now, cfg, peers);
     let band = Band::of(s.current_score, &cfg.scorecard.bands);
     if json {
         let v = serde_json::json!({
@@ -1007,7 +1027,9 @@ pub fn print_summary(
     t.load_style(UTF8_FULL_CONDENSED).set_header(header);
     for (p, st) in accounts.iter().filter(|(_, s)| s.scored).take(10) {
         let now = as_of(store, *p).max(st.max_event_ms);
-        let drivers = current_drivers(st, now, cfg);
+        let book = peer_book(store, *p);
+        let peers = (!cfg.scorecard.peers.components.is_empty()).then_some(&book);
+        let drivers = current_drivers(st, now, cfg, peers);
         let top: Vec<String> = drivers
             .iter()
             .take(2)

@@ -162,6 +162,33 @@ pub struct Scorecard {
     pub min_components: u32,
     pub bands: Bands,
     pub components: Components,
+    pub peers: Peers,
+}
+
+/// Components scored as the account's percentile within its segment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Peers {
+    /// Components scored against peers: any of usage_frequency, usage_trend, adoption, recency,
+    /// outcome. Empty: none.
+    pub components: Vec<String>,
+    /// What makes accounts peers.
+    pub segment: PeerSegment,
+    /// ARR band edges (ascending) when `segment = "arr_band"`.
+    pub arr_bands: Vec<f64>,
+    /// Days of a period: readings of one period are the reference of the next.
+    pub period_days: u32,
+    /// Below this many accounts in the reference, a segment's accounts are scored on the
+    /// component's own targets.
+    pub min_peers: u32,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerSegment {
+    Plan,
+    Industry,
+    ArrBand,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -556,6 +583,22 @@ impl Config {
         }
         if o.expected_by_arr.windows(2).any(|w| !(w[0].arr_from < w[1].arr_from)) {
             return bad("scorecard.components.outcome.expected_by_arr must be sorted by arr_from, lowest first, without repeats.".into());
+        }
+        let peers = &self.scorecard.peers;
+        const PEERABLE: [&str; 5] = ["usage_frequency", "usage_trend", "adoption", "recency", "outcome"];
+        if let Some(bad_name) = peers.components.iter().find(|n| !PEERABLE.contains(&n.as_str())) {
+            return bad(format!(
+                "scorecard.peers.components names \"{bad_name}\"; only usage and outcome components can be scored against peers: {}.",
+                PEERABLE.join(", ")
+            ));
+        }
+        if peers.period_days == 0 || peers.period_days > 31 {
+            return bad(format!("scorecard.peers.period_days is {}; it must be between 1 and 31.", peers.period_days));
+        }
+        if peers.segment == PeerSegment::ArrBand
+            && (peers.arr_bands.is_empty() || peers.arr_bands.windows(2).any(|w| !(w[0] < w[1])))
+        {
+            return bad("scorecard.peers.segment is \"arr_band\": list ascending band edges in scorecard.peers.arr_bands, e.g. [10000, 50000, 200000].".into());
         }
         let a = &self.alerts;
         let u = &a.usage_drop;

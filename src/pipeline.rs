@@ -24,6 +24,7 @@ use crate::domain::event::{Event, day_of};
 use crate::domain::score::Band;
 use crate::domain::state::{self, StateError};
 use crate::domain::{AlertStatus, Output, evaluate, fold};
+use crate::domain::peers::PeerBook;
 use crate::pb::{AccountState, Counters, OutboxRecord, PartitionClock, SourcePosition};
 use crate::sink::{OutputKind, Sink, SinkError};
 use crate::source::InputBatch;
@@ -193,6 +194,8 @@ pub struct Pipeline {
     json_only: bool,
     /// Stream time (max event time) per account partition; 0 before the first event.
     clocks: Vec<i64>,
+    /// Peer-relative levels per account partition (stored with its clock).
+    peers: Vec<PeerBook>,
     /// Due timers per partition, in (due, account) order — the in-memory copy of `timers`.
     timers: Vec<BTreeSet<(i64, String)>>,
     counters: Counters,
@@ -257,11 +260,15 @@ impl Pipeline {
             }
         }
         let mut clocks = vec![0i64; n as usize];
+        let mut peers = vec![PeerBook::default(); n as usize];
         for (p, c) in clocks.iter_mut().enumerate() {
             if let Some(v) = store.get(Cf::Meta, &clock_key(p as u16))? {
-                *c = PartitionClock::decode(v.as_slice())
-                    .map(|c| c.stream_time_ms)
-                    .unwrap_or(0);
+                if let Ok(pc) = PartitionClock::decode(v.as_slice()) {
+                    *c = pc.stream_time_ms;
+                    if let Some(b) = &pc.peers {
+                        peers[p] = PeerBook::from_proto(b);
+                    }
+                }
             }
         }
         let counters = match store.get(Cf::Meta, COUNTERS_KEY)? {
@@ -314,6 +321,7 @@ impl Pipeline {
             cfg,
             store,
             clocks,
+            peers,
             timers,
             counters,
             positions,
@@ -481,6 +489,7 @@ impl Pipeline {
         }
         self.timers[p as usize].clear();
         self.clocks[p as usize] = 0;
+        self.peers[p as usize] = PeerBook::default();
         self.forget_cached_states(&[p]);
         Ok(())
     }
@@ -562,10 +571,13 @@ impl Pipeline {
                         &clock_key(p),
                         &PartitionClock {
                             stream_time_ms: c.stream_time_ms,
+                            peers: c.peers.clone(),
                         }
                         .encode_to_vec(),
                     );
                     self.clocks[p as usize] = c.stream_time_ms;
+                    self.peers[p as usize] =
+                        c.peers.as_ref().map(PeerBook::from_proto).unwrap_or_default();
                 }
                 _ => {}
             }
@@ -901,6 +913,7 @@ impl Pipeline {
         // the published sequence does not depend on where batches begin and end.
         let mut outbox = std::mem::take(&mut x.outbox);
         let mut clocks_dirty = vec![false; n as usize];
+        let peers_on = !cfg.scorecard.peers.components.is_empty();
         let mut last_pos: Vec<Option<u64>> = vec![None; sources.len()];
         let lateness = cfg.engine.allowed_lateness_secs as i64 * 1000;
         let retention = cfg.engine.dedup_retention_days as i32;
@@ -957,7 +970,8 @@ impl Pipeline {
                 written: None,
             });
             fold(&mut e.state, ev, late, &cfg);
-            let next = evaluate(&mut e.state, stream, &cfg, &mut outs);
+            let book = peers_on.then(|| &mut self.peers[p as usize]);
+            let next = evaluate(&mut e.state, stream, &cfg, book, &mut outs);
             e.dirty = true;
             reschedule(&mut self.timers[p as usize], e, next);
             if work.last_event[slot] == this as u32 {
@@ -1092,9 +1106,17 @@ impl Pipeline {
                 }
             }
         }
+        if peers_on {
+            // The books change with every evaluation: stored with the clocks of the partitions
+            // this batch touched.
+            for &p in &touched {
+                clocks_dirty[p as usize] = true;
+            }
+        }
         for (p, _) in clocks_dirty.iter().enumerate().filter(|(_, d)| **d) {
             let c = PartitionClock {
                 stream_time_ms: self.clocks[p],
+                peers: self.peer_proto(p),
             };
             w.put(Cf::Meta, &clock_key(p as u16), &c.encode_to_vec());
         }
@@ -1123,6 +1145,7 @@ impl Pipeline {
                 let c = crate::pb::PartitionCheckpoint {
                     positions,
                     stream_time_ms: self.clocks[p as usize],
+                    peers: self.peer_proto(p as usize),
                 };
                 cl_rows.push(cl.checkpoint(p, self.next_seq, &c));
             }
@@ -1298,7 +1321,9 @@ impl Pipeline {
                 continue;
             }
             e.state.timer_due_ms = 0;
-            let next = evaluate(&mut e.state, due, &self.cfg, &mut outs);
+            let book = (!self.cfg.scorecard.peers.components.is_empty())
+                .then(|| &mut self.peers[p as usize]);
+            let next = evaluate(&mut e.state, due, &self.cfg, book, &mut outs);
             e.dirty = true;
             reschedule(&mut self.timers[p as usize], e, next);
             // Written now if the batch has no later event for the account (else that event will).
@@ -1312,6 +1337,17 @@ impl Pipeline {
             report.timers_fired += 1;
         }
         Ok(())
+    }
+
+    /// Partition `p`'s peer book as stored (nothing when peers are not used).
+    fn peer_proto(&self, p: usize) -> Option<crate::pb::PeerBook> {
+        let b = self.peers.get(p)?;
+        (!b.is_empty()).then(|| b.to_proto())
+    }
+
+    /// Partition `p`'s peer book.
+    pub fn peer_book(&self, p: u16) -> Option<&PeerBook> {
+        self.peers.get(p as usize)
     }
 
     /// Number of scheduled timers.

@@ -184,7 +184,7 @@ fn corpus() -> Vec<Line> {
             3 => {
                 let mut ev = good(n);
                 ev.pop();
-                ev.extend_from_slice(br#","plan":{"tier":"gold","seats":[1,2,3]},"x":null}"#);
+                ev.extend_from_slice(br#","crm_extra":{"tier":"gold","seats":[1,2,3]},"x":null}"#);
                 v.push(line("a good event with unknown fields", None, ev));
                 n += 1;
             }

@@ -52,6 +52,9 @@ fn log() -> &'static Vec<(u16, Vec<u8>)> {
 fn config() -> Arc<Config> {
     let mut c = Config::defaults();
     c.engine.partitions = PARTITIONS;
+    // Peer-relative levels on, with every segment big enough: the properties cover them too.
+    c.scorecard.peers.components = vec!["usage_frequency".into(), "adoption".into(), "recency".into()];
+    c.scorecard.peers.min_peers = 1;
     Arc::new(c)
 }
 

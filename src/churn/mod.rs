@@ -165,12 +165,15 @@ struct Replay<'c> {
     timers: BTreeSet<(i64, u32)>,
     out: Replayed,
     outs: Vec<Output>,
+    /// One book for the whole history (one partition).
+    peers: crate::domain::peers::PeerBook,
 }
 
 impl Replay<'_> {
     fn evaluated(&mut self, a: u32, now_ms: i64) {
         let s = &mut self.states[a as usize];
-        let next = evaluate(s, now_ms, self.cfg, &mut self.outs);
+        let book = (!self.cfg.scorecard.peers.components.is_empty()).then_some(&mut self.peers);
+        let next = evaluate(s, now_ms, self.cfg, book, &mut self.outs);
         if s.timer_due_ms != 0 {
             self.timers.remove(&(s.timer_due_ms, a));
         }
@@ -210,7 +213,8 @@ impl Replay<'_> {
             if self.out.churn_ms[a].is_some() || self.out.first_ms[a] >= at {
                 continue;
             }
-            let values = score::components(s, at, self.cfg);
+            let book = (!self.cfg.scorecard.peers.components.is_empty()).then_some(&self.peers);
+            let values = score::components(s, at, self.cfg, book);
             let score = score::score(&values, self.cfg).map(|x| x.score);
             self.out.observations.push(Observation {
                 account: a as u32,
@@ -239,6 +243,7 @@ pub fn replay(mut events: Vec<Event>, cfg: &Config, opts: ReplayOpts) -> Replaye
             ..Replayed::default()
         },
         outs: Vec::new(),
+        peers: Default::default(),
     };
     let (Some(first), Some(last)) = (events.first(), events.last()) else {
         return r.out;

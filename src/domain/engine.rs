@@ -7,6 +7,7 @@
 use crate::config::{Config, Severity};
 use crate::domain::alert::{self, Check, RULES, Rule};
 use crate::domain::event::{DAY_MS, day_of};
+use crate::domain::peers::PeerBook;
 use crate::domain::score::{self, Band, COMPONENTS, Driver};
 use crate::domain::state::{SCORE_DAYS, rel_day};
 use crate::pb::{AccountState, Cooldown, OpenAlert};
@@ -64,14 +65,25 @@ pub enum Output {
 
 /// Evaluates the account at `now_ms`, appends what is to be emitted to `out`, and returns the
 /// time of its next check (its timer), if any.
+///
+/// With peer-scored components, `peers` is the account partition's book: it is moved to the
+/// period of `now_ms` first, and the account's readings join it (once per period) after.
 pub fn evaluate(
     s: &mut AccountState,
     now_ms: i64,
     cfg: &Config,
+    mut peers: Option<&mut PeerBook>,
     out: &mut Vec<Output>,
 ) -> Option<i64> {
     let w = score::windows(s, now_ms);
-    let values = score::components_with(s, &w, now_ms, cfg);
+    if let Some(book) = peers.as_deref_mut() {
+        book.advance(now_ms, cfg);
+    }
+    let values = score::components_with(s, &w, now_ms, cfg, peers.as_deref());
+    if let Some(book) = peers.as_deref_mut() {
+        book.contribute(s, &score::raw_readings(s, &w, now_ms, cfg), cfg);
+    }
+    let peers = peers.as_deref();
     let Some(scored) = score::score(&values, cfg) else {
         return next_check(s, now_ms, cfg);
     };
@@ -126,7 +138,7 @@ pub fn evaluate(
     if emit {
         let previous: Option<score::Values> =
             s.scored.then(|| score::from_stored(&s.emitted_components));
-        let drivers = score::drivers(s, now_ms, previous.as_ref(), &values, cfg);
+        let drivers = score::drivers(s, now_ms, previous.as_ref(), &values, cfg, peers);
         s.emit_seq += 1;
         out.push(Output::Score(ScoreChange {
             account_id: s.account_id.clone(),

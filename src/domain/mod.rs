@@ -5,6 +5,7 @@ pub mod alert;
 pub mod engine;
 pub mod event;
 pub mod fold;
+pub mod peers;
 pub mod score;
 pub mod state;
 

@@ -7,7 +7,10 @@
 //! contributions add up to the score, so the drivers of a change (differences of contributions)
 //! add up to the change itself.
 
+use std::fmt::Write as _;
+
 use crate::config::{Bands, Config, OutcomeBaseline};
+use crate::domain::peers::{self, PeerBook};
 use crate::domain::event::{DAY_MS, day_of};
 use crate::domain::fold::money;
 use crate::domain::state::{active_since, buckets_in, rel_day};
@@ -208,8 +211,41 @@ fn clamp01(x: f64) -> f64 {
 }
 
 /// Computes each component's value; `None` when it has no data.
-pub fn components(s: &AccountState, now_ms: i64, cfg: &Config) -> Values {
-    components_with(s, &windows(s, now_ms), now_ms, cfg)
+pub fn components(s: &AccountState, now_ms: i64, cfg: &Config, peers: Option<&PeerBook>) -> Values {
+    components_with(s, &windows(s, now_ms), now_ms, cfg, peers)
+}
+
+/// The raw readings that peer-scored components rank (`None` for the others, or without data).
+pub fn raw_readings(s: &AccountState, w: &Windows, now_ms: i64, cfg: &Config) -> Values {
+    let mut out = [None; N_COMPONENTS];
+    if cfg.scorecard.peers.components.is_empty() {
+        return out;
+    }
+    let today = day_of(now_ms);
+    for (i, c) in COMPONENTS.iter().enumerate() {
+        if !peers::peer_scored(*c, cfg) {
+            continue;
+        }
+        out[i] = match c {
+            Component::UsageFrequency => (s.last_usage_ms > 0).then_some(w.active_days28 as f64),
+            Component::UsageTrend => (s.last_usage_ms > 0
+                && w.usage.has_baseline
+                && w.usage.weekly_avg28 > 0.0)
+                .then(|| w.usage.last7 / w.usage.weekly_avg28),
+            Component::Adoption => (s.last_usage_ms > 0).then(|| {
+                (active_since(&s.user_day, rel_day(today - 29))
+                    + active_since(&s.feature_day, rel_day(today - 29))) as f64
+            }),
+            Component::Recency => (s.last_usage_ms > 0)
+                .then(|| -((now_ms - s.last_usage_ms).max(0) as f64 / DAY_MS as f64)),
+            Component::Outcome => (!cfg.scorecard.components.outcome.features.is_empty())
+                .then(|| outcome_window(s, now_ms, cfg))
+                .filter(|o| o.complete)
+                .map(|o| o.count as f64),
+            _ => None,
+        };
+    }
+    out
 }
 
 pub fn components_with(
@@ -217,7 +253,21 @@ pub fn components_with(
     w: &Windows,
     now_ms: i64,
     cfg: &Config,
+    peers: Option<&PeerBook>,
 ) -> Values {
+    let mut out = absolute_components(s, w, now_ms, cfg);
+    if let Some(book) = peers {
+        let raw = raw_readings(s, w, now_ms, cfg);
+        for (i, c) in COMPONENTS.iter().enumerate() {
+            if let (Some(x), Some(l)) = (raw[i], book.levels(s, *c, cfg)) {
+                out[i] = Some((100.0 * l.rank(x)).clamp(0.0, 100.0));
+            }
+        }
+    }
+    out
+}
+
+fn absolute_components(s: &AccountState, w: &Windows, now_ms: i64, cfg: &Config) -> Values {
     let c = &cfg.scorecard.components;
     let today = day_of(now_ms);
     let mut out = [None; N_COMPONENTS];
@@ -474,6 +524,7 @@ pub fn drivers(
     previous: Option<&Values>,
     current: &Values,
     cfg: &Config,
+    peers: Option<&PeerBook>,
 ) -> Vec<Driver> {
     let now_c = contributions(current, cfg);
     let impacts: Vec<(usize, f64)> = match previous {
@@ -506,9 +557,66 @@ pub fn drivers(
         .map(|(i, impact)| Driver {
             signal: COMPONENTS[i].name(),
             impact: (impact * 10.0).round() / 10.0,
-            detail: explain(COMPONENTS[i], s, now_ms, cfg),
+            detail: explain_with_peers(COMPONENTS[i], s, now_ms, cfg, peers),
         })
         .collect()
+}
+
+/// [`explain`], plus where the account stands among its peers for a peer-scored component.
+pub fn explain_with_peers(
+    c: Component,
+    s: &AccountState,
+    now_ms: i64,
+    cfg: &Config,
+    peers: Option<&PeerBook>,
+) -> String {
+    let mut t = explain(c, s, now_ms, cfg);
+    let Some(book) = peers.filter(|_| peers::peer_scored(c, cfg)) else {
+        return t;
+    };
+    let seg = peers::segment_of(s, cfg);
+    let raw = raw_readings(s, &windows(s, now_ms), now_ms, cfg)[c as usize];
+    match (raw, book.levels(s, c, cfg)) {
+        (Some(x), Some(l)) => {
+            let pct = (100.0 * l.rank(x)).round() as u32;
+            let med = l.median();
+            let med = if c == Component::Recency { -med } else { med };
+            let _ = write!(
+                t,
+                " That is the {} percentile of {} accounts ({}; median {:.1}).",
+                ordinal(pct),
+                seg,
+                segment_word(cfg),
+                med
+            );
+        }
+        _ => {
+            let _ = write!(
+                t,
+                " Too few {seg} accounts to compare with yet: scored on its own targets."
+            );
+        }
+    }
+    t
+}
+
+fn segment_word(cfg: &Config) -> &'static str {
+    match cfg.scorecard.peers.segment {
+        crate::config::PeerSegment::Plan => "same plan",
+        crate::config::PeerSegment::Industry => "same industry",
+        crate::config::PeerSegment::ArrBand => "same ARR band",
+    }
+}
+
+fn ordinal(n: u32) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
 }
 
 /// A sentence about a component's current reading, with the figures behind it.
@@ -694,7 +802,7 @@ mod tests {
             Some(60.0),
             None,
         ];
-        let d = drivers(&s, 0, Some(&prev), &now, &cfg);
+        let d = drivers(&s, 0, Some(&prev), &now, &cfg, None);
         assert_eq!(d[0].signal, "usage_trend");
         assert!(d.iter().all(|x| x.impact < 0.0));
         let all: f64 = contributions(&now, &cfg).iter().sum::<f64>()
