@@ -84,8 +84,10 @@ fn random_churn_is_reported_as_unpredictable_and_nothing_is_written() {
 }
 
 #[test]
-fn replay_is_deterministic() {
-    let cfg = config();
+fn replay_is_deterministic_with_peer_levels_on() {
+    let mut cfg = config();
+    cfg.scorecard.peers.components = vec!["outcome".into(), "usage_frequency".into()];
+    cfg.scorecard.peers.min_peers = 5;
     let spec = SimSpec {
         accounts: 200,
         days: 200,
@@ -102,4 +104,7 @@ fn replay_is_deterministic() {
     assert_eq!(b.duplicates, 1);
     assert_eq!(a.observations, b.observations);
     assert_eq!(a.alerts, b.alerts);
+    // The percentiles were in use: the outcome values differ from the absolute scoring's.
+    let plain = replay(sim::events(&spec), &config(), opts);
+    assert_ne!(a.observations, plain.observations);
 }
