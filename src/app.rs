@@ -765,28 +765,28 @@ pub fn for_each_account(store: &dyn Store, mut f: impl FnMut(u16, AccountState))
     Ok(())
 }
 
-/// Partition `p`'s peer book as stored with its clock (empty without peer scoring).
-pub fn peer_book(store: &dyn Store, p: u16) -> crate::domain::peers::PeerBook {
+/// What an account of partition `p` is scored with: the partition's stream time and, when
+/// components are scored against peers, its peer book (both stored as its clock).
+pub fn scoring_context(
+    store: &dyn Store,
+    p: u16,
+    cfg: &Config,
+) -> (i64, Option<crate::domain::peers::PeerBook>) {
     use prost::Message;
-    store
+    let clock = store
         .get(Cf::Meta, &crate::store::keys::clock_key(p))
         .ok()
         .flatten()
         .and_then(|v| crate::pb::PartitionClock::decode(v.as_slice()).ok())
-        .and_then(|c| c.peers)
-        .map(|b| crate::domain::peers::PeerBook::from_proto(&b))
-        .unwrap_or_default()
-}
-
-/// The scoring time of an account: its partition's stream time.
-pub fn as_of(store: &dyn Store, p: u16) -> i64 {
-    use prost::Message;
-    store
-        .get(Cf::Meta, &crate::store::keys::clock_key(p))
-        .ok()
-        .flatten()
-        .and_then(|v| crate::pb::PartitionClock::decode(v.as_slice()).ok())
-        .map_or(0, |c| c.stream_time_ms)
+        .unwrap_or_default();
+    let book = cfg.scorecard.peers.enabled().then(|| {
+        clock
+            .peers
+            .as_ref()
+            .map(crate::domain::peers::PeerBook::from_proto)
+            .unwrap_or_default()
+    });
+    (clock.stream_time_ms, book)
 }
 
 /// The drivers of an account's current score: what costs it points, in points.
@@ -812,9 +812,9 @@ pub fn inspect(cfg: &Config, account: &str, json: bool, out: &mut dyn Write) -> 
         return Ok(false);
     };
     let s = &view.state;
-    let now = as_of(&store, view.partition).max(s.max_event_ms);
-    let book = peer_book(&store, view.partition);
-    let peers = (!cfg.scorecard.peers.components.is_empty()).then_some(&book);
+    let (as_of, book) = scoring_context(&store, view.partition, cfg);
+    let now = as_of.max(s.max_event_ms);
+    let peers = book.as_ref();
     let values = score::components(s, now, cfg, peers);
     let drivers = current_drivers(s, now, cfg, peers);
     let band = Band::of(s.current_score, &cfg.scorecard.bands);
@@ -1026,10 +1026,9 @@ pub fn print_summary(
     }
     t.load_style(UTF8_FULL_CONDENSED).set_header(header);
     for (p, st) in accounts.iter().filter(|(_, s)| s.scored).take(10) {
-        let now = as_of(store, *p).max(st.max_event_ms);
-        let book = peer_book(store, *p);
-        let peers = (!cfg.scorecard.peers.components.is_empty()).then_some(&book);
-        let drivers = current_drivers(st, now, cfg, peers);
+        let (as_of, book) = scoring_context(store, *p, cfg);
+        let now = as_of.max(st.max_event_ms);
+        let drivers = current_drivers(st, now, cfg, book.as_ref());
         let top: Vec<String> = drivers
             .iter()
             .take(2)
@@ -1101,12 +1100,22 @@ pub fn write_portfolio(
     path: &Path,
     bad_every: u64,
 ) -> Result<(u64, u64)> {
+    write_events(portfolio.events(), path, bad_every)
+}
+
+/// Writes events as NDJSON in the input contract, with one malformed record after every
+/// `bad_every` events (0: none); returns (events, malformed records) written.
+pub fn write_events(
+    events: impl IntoIterator<Item = crate::domain::event::Event>,
+    path: &Path,
+    bad_every: u64,
+) -> Result<(u64, u64)> {
     let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
     let bad = crate::generate::malformed_records(7);
     let (mut n, mut nbad) = (0u64, 0u64);
     let mut line = Vec::with_capacity(512);
-    for ev in portfolio.events() {
+    for ev in events {
         line.clear();
         crate::codec::json::encode_event(&ev, &mut line);
         line.push(b'\n');

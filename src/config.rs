@@ -183,6 +183,13 @@ pub struct Peers {
     pub min_peers: u32,
 }
 
+impl Peers {
+    /// Whether any component is scored against peers (peer books are kept only then).
+    pub fn enabled(&self) -> bool {
+        !self.components.is_empty()
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum PeerSegment {

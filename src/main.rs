@@ -428,20 +428,9 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             };
             let events = rapport::churn::sim::events(&spec);
             let churners = rapport::churn::sim::truths(&spec).iter().filter(|t| t.churn_day.is_some()).count();
-            let mut w = std::io::BufWriter::new(
-                std::fs::File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?,
-            );
-            let mut line = Vec::new();
-            for ev in &events {
-                line.clear();
-                rapport::codec::json::encode_event(ev, &mut line);
-                line.push(b'\n');
-                std::io::Write::write_all(&mut w, &line)?;
-            }
-            std::io::Write::flush(&mut w)?;
+            let (n, _) = app::write_events(events, &a.out, 0)?;
             println!(
-                "Wrote {} events of {} accounts ({churners} churn) to {}. Its outcome feature and plan expectations, to merge into a configuration:\n{}",
-                events.len(),
+                "Wrote {n} events of {} accounts ({churners} churn) to {}. Its outcome feature and plan expectations, to merge into a configuration:\n{}",
                 a.accounts,
                 a.out.display(),
                 rapport::churn::sim::outcome_scorecard_toml()

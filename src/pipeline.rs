@@ -913,7 +913,7 @@ impl Pipeline {
         // the published sequence does not depend on where batches begin and end.
         let mut outbox = std::mem::take(&mut x.outbox);
         let mut clocks_dirty = vec![false; n as usize];
-        let peers_on = !cfg.scorecard.peers.components.is_empty();
+        let peers_on = cfg.scorecard.peers.enabled();
         let mut last_pos: Vec<Option<u64>> = vec![None; sources.len()];
         let lateness = cfg.engine.allowed_lateness_secs as i64 * 1000;
         let retention = cfg.engine.dedup_retention_days as i32;
@@ -1321,8 +1321,7 @@ impl Pipeline {
                 continue;
             }
             e.state.timer_due_ms = 0;
-            let book = (!self.cfg.scorecard.peers.components.is_empty())
-                .then(|| &mut self.peers[p as usize]);
+            let book = self.cfg.scorecard.peers.enabled().then(|| &mut self.peers[p as usize]);
             let next = evaluate(&mut e.state, due, &self.cfg, book, &mut outs);
             e.dirty = true;
             reschedule(&mut self.timers[p as usize], e, next);
@@ -1343,11 +1342,6 @@ impl Pipeline {
     fn peer_proto(&self, p: usize) -> Option<crate::pb::PeerBook> {
         let b = self.peers.get(p)?;
         (!b.is_empty()).then(|| b.to_proto())
-    }
-
-    /// Partition `p`'s peer book.
-    pub fn peer_book(&self, p: u16) -> Option<&PeerBook> {
-        self.peers.get(p as usize)
     }
 
     /// Number of scheduled timers.

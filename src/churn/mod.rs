@@ -105,7 +105,7 @@ impl Replayed {
     }
 }
 
-/// Reads a history: NDJSON files (or every `.ndjson`/`.jsonl` file of a directory). Records that
+/// Reads a history: NDJSON files (or a directory of them, as `rapport run` reads it). Records that
 /// are not valid events are counted and skipped, as the dead-letter output would take them.
 pub fn read_history(inputs: &[impl AsRef<Path>], cfg: &Config) -> Result<(Vec<Event>, u64)> {
     let limits = DecodeLimits {
@@ -114,18 +114,7 @@ pub fn read_history(inputs: &[impl AsRef<Path>], cfg: &Config) -> Result<(Vec<Ev
     };
     let mut files = Vec::new();
     for input in inputs {
-        let p = input.as_ref();
-        if p.is_dir() {
-            let mut v: Vec<_> = std::fs::read_dir(p)
-                .with_context(|| format!("reading the directory {}", p.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| matches!(p.extension().and_then(|x| x.to_str()), Some("ndjson" | "jsonl")))
-                .collect();
-            v.sort();
-            files.extend(v);
-        } else {
-            files.push(p.to_owned());
-        }
+        files.extend(crate::source::file::input_files(input.as_ref())?);
     }
     if files.is_empty() {
         anyhow::bail!("no history given: pass NDJSON files of events (or a directory of them) with churn marked by closed_won cancellation deals.");
@@ -172,7 +161,7 @@ struct Replay<'c> {
 impl Replay<'_> {
     fn evaluated(&mut self, a: u32, now_ms: i64) {
         let s = &mut self.states[a as usize];
-        let book = (!self.cfg.scorecard.peers.components.is_empty()).then_some(&mut self.peers);
+        let book = self.cfg.scorecard.peers.enabled().then_some(&mut self.peers);
         let next = evaluate(s, now_ms, self.cfg, book, &mut self.outs);
         if s.timer_due_ms != 0 {
             self.timers.remove(&(s.timer_due_ms, a));
@@ -213,7 +202,7 @@ impl Replay<'_> {
             if self.out.churn_ms[a].is_some() || self.out.first_ms[a] >= at {
                 continue;
             }
-            let book = (!self.cfg.scorecard.peers.components.is_empty()).then_some(&self.peers);
+            let book = self.cfg.scorecard.peers.enabled().then_some(&self.peers);
             let values = score::components(s, at, self.cfg, book);
             let score = score::score(&values, self.cfg).map(|x| x.score);
             self.out.observations.push(Observation {

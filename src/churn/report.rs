@@ -423,15 +423,9 @@ impl Calibration {
             scorecard: &'a crate::config::Scorecard,
         }
         let mut sc = cfg.scorecard.clone();
-        let c = &mut sc.components;
-        c.usage_frequency.weight = w[0];
-        c.usage_trend.weight = w[1];
-        c.adoption.weight = w[2];
-        c.email_engagement.weight = w[3];
-        c.call_sentiment.weight = w[4];
-        c.commercial.weight = w[5];
-        c.recency.weight = w[6];
-        c.outcome.weight = w[7];
+        for (c, w) in COMPONENTS.iter().zip(w) {
+            *c.weight_mut(&mut sc.components) = w;
+        }
         let mut s = String::new();
         let _ = writeln!(s, "# Scorecard weights fitted by `rapport calibrate` on {source}.");
         let _ = writeln!(

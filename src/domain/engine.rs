@@ -76,12 +76,13 @@ pub fn evaluate(
     out: &mut Vec<Output>,
 ) -> Option<i64> {
     let w = score::windows(s, now_ms);
+    let mut values = score::absolute_components(s, &w, now_ms, cfg);
     if let Some(book) = peers.as_deref_mut() {
+        // One reading serves both the ranking and the period's sketches.
+        let raw = score::raw_readings(s, &w, now_ms, cfg);
         book.advance(now_ms, cfg);
-    }
-    let values = score::components_with(s, &w, now_ms, cfg, peers.as_deref());
-    if let Some(book) = peers.as_deref_mut() {
-        book.contribute(s, &score::raw_readings(s, &w, now_ms, cfg), cfg);
+        score::rank_against_peers(&mut values, s, &raw, book, cfg);
+        book.contribute(s, &raw, cfg);
     }
     let peers = peers.as_deref();
     let Some(scored) = score::score(&values, cfg) else {

@@ -22,7 +22,6 @@
 
 use std::collections::BTreeMap;
 
-use prost::Message;
 use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 
 use crate::config::{Config, PeerSegment};
@@ -226,10 +225,6 @@ impl PeerBook {
                 })
                 .collect(),
         }
-    }
-
-    pub fn encode(&self) -> Vec<u8> {
-        self.to_proto().encode_to_vec()
     }
 }
 

@@ -73,6 +73,20 @@ impl Component {
             Component::Outcome => c.outcome.weight,
         }
     }
+
+    /// The component's weight in `c`, to set it (calibration).
+    pub fn weight_mut(self, c: &mut crate::config::Components) -> &mut f64 {
+        match self {
+            Component::UsageFrequency => &mut c.usage_frequency.weight,
+            Component::UsageTrend => &mut c.usage_trend.weight,
+            Component::Adoption => &mut c.adoption.weight,
+            Component::EmailEngagement => &mut c.email_engagement.weight,
+            Component::CallSentiment => &mut c.call_sentiment.weight,
+            Component::Commercial => &mut c.commercial.weight,
+            Component::Recency => &mut c.recency.weight,
+            Component::Outcome => &mut c.outcome.weight,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -218,7 +232,7 @@ pub fn components(s: &AccountState, now_ms: i64, cfg: &Config, peers: Option<&Pe
 /// The raw readings that peer-scored components rank (`None` for the others, or without data).
 pub fn raw_readings(s: &AccountState, w: &Windows, now_ms: i64, cfg: &Config) -> Values {
     let mut out = [None; N_COMPONENTS];
-    if cfg.scorecard.peers.components.is_empty() {
+    if !cfg.scorecard.peers.enabled() {
         return out;
     }
     let today = day_of(now_ms);
@@ -257,17 +271,29 @@ pub fn components_with(
 ) -> Values {
     let mut out = absolute_components(s, w, now_ms, cfg);
     if let Some(book) = peers {
-        let raw = raw_readings(s, w, now_ms, cfg);
-        for (i, c) in COMPONENTS.iter().enumerate() {
-            if let (Some(x), Some(l)) = (raw[i], book.levels(s, *c, cfg)) {
-                out[i] = Some((100.0 * l.rank(x)).clamp(0.0, 100.0));
-            }
-        }
+        rank_against_peers(&mut out, s, &raw_readings(s, w, now_ms, cfg), book, cfg);
     }
     out
 }
 
-fn absolute_components(s: &AccountState, w: &Windows, now_ms: i64, cfg: &Config) -> Values {
+/// Replaces the values of peer-scored components that have `raw` readings and a reference by
+/// the account's percentile among its segment's accounts.
+pub fn rank_against_peers(
+    values: &mut Values,
+    s: &AccountState,
+    raw: &Values,
+    book: &PeerBook,
+    cfg: &Config,
+) {
+    for (i, c) in COMPONENTS.iter().enumerate() {
+        if let (Some(x), Some(l)) = (raw[i], book.levels(s, *c, cfg)) {
+            values[i] = Some((100.0 * l.rank(x)).clamp(0.0, 100.0));
+        }
+    }
+}
+
+/// The values of every component against its own targets (no peers).
+pub fn absolute_components(s: &AccountState, w: &Windows, now_ms: i64, cfg: &Config) -> Values {
     let c = &cfg.scorecard.components;
     let today = day_of(now_ms);
     let mut out = [None; N_COMPONENTS];

@@ -32,6 +32,39 @@ fn io_err(path: &Path, source: std::io::Error) -> SourceError {
     }
 }
 
+/// The files an input names: the file itself, or a directory's `*.ndjson` / `*.jsonl` /
+/// `*.json` files in name order (an error when it has none or cannot be read).
+pub fn input_files(path: &Path) -> Result<Vec<PathBuf>, SourceError> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        SourceError::Config(format!(
+            "cannot read input {}: {e}. Pass an existing NDJSON file, a directory of them, or - for stdin.",
+            path.display()
+        ))
+    })?;
+    Ok(if meta.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| io_err(path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                matches!(
+                    p.extension().and_then(|x| x.to_str()),
+                    Some("ndjson" | "jsonl" | "json")
+                )
+            })
+            .collect();
+        v.sort();
+        if v.is_empty() {
+            return Err(SourceError::Config(format!(
+                "the input directory {} holds no .ndjson, .jsonl or .json files.",
+                path.display()
+            )));
+        }
+        v
+    } else {
+        vec![path.to_owned()]
+    })
+}
+
 impl FileSource {
     /// `input`: a file, a directory (its `*.ndjson` / `*.jsonl` files in name order), or "-".
     pub fn open(
@@ -48,35 +81,7 @@ impl FileSource {
         let (input, keys) = if input == "-" {
             (Input::Stdin, vec!["stdin".to_owned()])
         } else {
-            let path = Path::new(input);
-            let meta = std::fs::metadata(path).map_err(|e| {
-                SourceError::Config(format!(
-                    "cannot read input {}: {e}. Pass an existing NDJSON file, a directory of them, or - for stdin.",
-                    path.display()
-                ))
-            })?;
-            let files = if meta.is_dir() {
-                let mut v: Vec<PathBuf> = std::fs::read_dir(path)
-                    .map_err(|e| io_err(path, e))?
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| {
-                        matches!(
-                            p.extension().and_then(|x| x.to_str()),
-                            Some("ndjson" | "jsonl" | "json")
-                        )
-                    })
-                    .collect();
-                v.sort();
-                if v.is_empty() {
-                    return Err(SourceError::Config(format!(
-                        "the input directory {} holds no .ndjson, .jsonl or .json files.",
-                        path.display()
-                    )));
-                }
-                v
-            } else {
-                vec![path.to_owned()]
-            };
+            let files = input_files(Path::new(input))?;
             let keys = files
                 .iter()
                 .map(|p| {
