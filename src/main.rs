@@ -257,6 +257,9 @@ struct InspectArgs {
 
 /// Loads the configuration and replays the history with a progress line on stderr.
 fn replay_history(a: &HistoryArgs) -> Result<(Config, rapport::churn::Replayed)> {
+    if a.horizon_days == 0 || a.every_days == 0 {
+        anyhow::bail!("--horizon-days and --every-days must be at least 1.");
+    }
     let cfg = Config::load(a.config.as_deref())?;
     let (events, rejected) = rapport::churn::read_history(&a.history, &cfg)?;
     if rejected > 0 {
@@ -398,6 +401,12 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Calibrate(a) => {
+            if !(a.train_fraction >= 0.1 && a.train_fraction <= 0.9) {
+                anyhow::bail!(
+                    "--train-fraction is {}; give the share of observation dates to fit on, between 0.1 and 0.9 (the rest judge the fit).",
+                    a.train_fraction
+                );
+            }
             let (cfg, r) = replay_history(&a.history)?;
             let c = rapport::churn::report::calibrate(&r, &cfg, a.train_fraction);
             if a.history.json {

@@ -130,9 +130,36 @@ pub fn create(cfg: &Config) -> Result<Vec<(String, i32, String)>, TopicError> {
                 Err((t, e)) => results.push((t, 0, format!("failed: {e}"))),
             }
         }
+        wait_visible(cfg, &results)?;
     }
     results.sort();
     Ok(results)
+}
+
+/// Waits until the broker's metadata shows every topic just created with all its partitions:
+/// the create call returns before metadata catches up, and whatever runs next (a check, an
+/// instance starting) would otherwise find a topic "missing".
+fn wait_visible(cfg: &Config, results: &[(String, i32, String)]) -> Result<(), TopicError> {
+    let created: Vec<(&str, usize)> = results
+        .iter()
+        .filter(|r| r.2 == "created")
+        .map(|r| (r.0.as_str(), r.1 as usize))
+        .collect();
+    let names: Vec<&str> = created.iter().map(|c| c.0).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let counts = partition_counts(cfg, &names)?;
+        if counts.iter().zip(&created).all(|(n, c)| *n == Some(c.1)) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(TopicError::Invalid(format!(
+                "the broker created {} but its metadata still does not show all their partitions after 30 s; check the broker's log, then run `rapport topics check`.",
+                names.join(", ")
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Checks that the input topics exist and share one partition count equal to

@@ -108,3 +108,29 @@ fn replay_is_deterministic_with_peer_levels_on() {
     let plain = replay(sim::events(&spec), &config(), opts);
     assert_ne!(a.observations, plain.observations);
 }
+
+#[test]
+fn bad_arguments_and_histories_get_one_sentence_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rapport"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let missing = dir.path().join("nope.ndjson");
+    let e = run(&["evaluate", missing.to_str().unwrap()]);
+    assert!(e.contains("nope.ndjson") && e.contains("Pass an existing NDJSON file"), "{e}");
+
+    let short = dir.path().join("short.ndjson");
+    let spec = SimSpec { accounts: 5, days: 61, ..SimSpec::default() };
+    rapport::app::write_events(sim::events(&spec), &short, 3).unwrap();
+    let e = run(&["evaluate", short.to_str().unwrap()]);
+    assert!(e.contains("too short") && e.contains("--horizon-days"), "{e}");
+    let e = run(&["calibrate", short.to_str().unwrap(), "--train-fraction", "1.5"]);
+    assert!(e.contains("--train-fraction is 1.5"), "{e}");
+    let e = run(&["evaluate", short.to_str().unwrap(), "--horizon-days", "0"]);
+    assert!(e.contains("at least 1"), "{e}");
+}
