@@ -187,10 +187,19 @@ pub fn run_embedded(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
     let mut batch = InputBatch::default();
     let mut last_mem = Instant::now() - Duration::from_secs(60);
     let wait = Duration::from_millis(cfg.pipeline.batch_max_ms);
+    let mut disk = crate::store::disk::DiskGuard::new(&cfg.store.data_dir, cfg.store.min_free_mb);
     loop {
         if opts.shutdown.is_triggered() {
             summary.stopped_by_signal = true;
             break;
+        }
+        if !disk.has_room() {
+            // Nothing is read while the disk is nearly full; not ready meanwhile.
+            if let Some(h) = &opts.health {
+                h.ready.store(false, Ordering::Relaxed);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
         }
         batch.clear();
         let poll = source.poll(cfg.pipeline.batch_max_records, wait, &mut batch)?;
@@ -354,14 +363,16 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
     let mut last_lag = Instant::now() - Duration::from_secs(60);
     let input_topics: Vec<String> =
         cfg.kafka.input_topics.all().iter().map(|t| t.to_string()).collect();
+    let mut disk = crate::store::disk::DiskGuard::new(&cfg.store.data_dir, cfg.store.min_free_mb);
     loop {
         if opts.shutdown.is_triggered() {
             summary.stopped_by_signal = true;
             break;
         }
-        // Backpressure: stop reading while the broker is not taking our outputs.
+        // Backpressure: stop reading while the broker is not taking our outputs, or while the
+        // store's disk is nearly full.
         let depth = engine.lock().unwrap().pipeline.outbox_depth();
-        if depth >= cfg.kafka.outbox_high_water {
+        if depth >= cfg.kafka.outbox_high_water || !disk.has_room() {
             source.set_paused(true);
         } else if depth <= cfg.kafka.outbox_low_water {
             source.set_paused(false);
@@ -550,6 +561,7 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
         }
         if let Some(h) = &opts.health {
             let ready = !group.is_empty()
+                && !disk.is_low()
                 && owned == group.len()
                 && phases.is_empty()
                 && caught_up.len() == owned;

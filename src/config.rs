@@ -425,6 +425,8 @@ pub struct StoreConfig {
     /// fsync the write-ahead log on every batch (survives power loss; a process crash is
     /// survived either way).
     pub sync_writes: bool,
+    /// Input is paused while the store's filesystem has less than this free (0: never).
+    pub min_free_mb: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -323,6 +323,11 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if rapport::store::disk::is_no_space(e.as_ref()) {
+                eprintln!(
+                    "The disk holding the store is full. What was committed is intact: free space (or grow the volume) and start rapport again; it goes on from its last batch. store.min_free_mb makes rapport pause before this happens."
+                );
+            }
             ExitCode::from(2)
         }
     }

@@ -5,6 +5,7 @@
 //! RocksDB that is one atomic `WriteBatch`, so a crash leaves all of a batch or none of it.
 
 pub mod cache;
+pub mod disk;
 pub mod keys;
 pub mod memory;
 pub mod rocks;

@@ -45,6 +45,11 @@ impl RocksStore {
         db_opts.create_missing_column_families(true);
         db_opts.set_max_background_jobs(2);
         db_opts.set_keep_log_file_num(3);
+        // Write-ahead logs are deleted only once every column family with data in them has
+        // flushed; the small ones (meta, offsets, outbox) rarely fill a memtable, so without a
+        // bound the logs kept growing by the size of everything written (a gigabyte in a minute
+        // on the tests' input). Past this total the oldest log's column families are flushed.
+        db_opts.set_max_total_wal_size(((cfg.write_buffer_mb.max(4) * 4) as u64) << 20);
         // One writer (the pipeline thread) is all there is.
         db_opts.set_allow_concurrent_memtable_write(false);
 

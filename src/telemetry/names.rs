@@ -24,6 +24,8 @@ pub const ROCKSDB_MEMORY_BYTES: &str = "rapport_rocksdb_memory_bytes";
 pub const ROCKSDB_WRITE_STOPPED: &str = "rapport_rocksdb_write_stopped";
 pub const ROCKSDB_DELAYED_WRITE_RATE: &str = "rapport_rocksdb_delayed_write_rate_bytes";
 pub const ROCKSDB_PENDING_COMPACTION: &str = "rapport_rocksdb_pending_compaction_bytes";
+pub const STORE_DISK_LOW: &str = "rapport_store_disk_low";
+pub const STORE_FREE_BYTES: &str = "rapport_store_free_bytes";
 
 pub const KAFKA_CONSUMER_LAG: &str = "rapport_kafka_consumer_lag";
 pub const KAFKA_BROKER_RTT_SECONDS: &str = "rapport_kafka_broker_rtt_seconds";
@@ -208,6 +210,18 @@ pub const ALL: &[MetricDoc] = &[
         "gauge",
         "kind",
         "RocksDB memory: block_cache, memtables, table_readers.",
+    ),
+    (
+        STORE_DISK_LOW,
+        "gauge",
+        "",
+        "1 while input is paused because the store's filesystem has less than store.min_free_mb free.",
+    ),
+    (
+        STORE_FREE_BYTES,
+        "gauge",
+        "",
+        "Free bytes on the store's filesystem (checked at most every 100 ms while input is read).",
     ),
     (
         ROCKSDB_WRITE_STOPPED,
