@@ -562,6 +562,7 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
         if let Some(h) = &opts.health {
             let ready = !group.is_empty()
                 && !disk.is_low()
+                && crate::telemetry::kafka_stats::brokers_reachable()
                 && owned == group.len()
                 && phases.is_empty()
                 && caught_up.len() == owned;

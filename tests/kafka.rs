@@ -756,6 +756,104 @@ fn broker_outage_mid_run() {
     dead_letters("outage", &job, &store);
 }
 
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// Test 6: the broker (one of this test's own) is frozen with SIGSTOP for longer than the group's
+/// session timeout and the clients' request timeouts, then thawed. Meanwhile rapport stays up,
+/// says it is not ready, and does not spin; afterwards it rejoins the group, reads the rest and
+/// loses nothing.
+#[test]
+fn broker_paused_past_session_and_request_timeouts() {
+    broker();
+    let broker_dir = tempfile::Builder::new()
+        .prefix("rapport-kafka-pause-broker-")
+        .tempdir()
+        .unwrap();
+    let own = OwnBroker::new(broker_dir.path());
+    own.start();
+    let brokers = own.address();
+    let mut client = throttled_consumer(40);
+    client.extend(short_session());
+    let job = Job::new(
+        "pause",
+        &brokers,
+        Settings {
+            partitions: 2,
+            batch_max_records: 25,
+            client,
+            ..Settings::default()
+        },
+    );
+    job.create_topics();
+    let input = job.path().join("events.ndjson");
+    let (events, bad) = generate(&input, 40, 0.5, 400, 5151);
+    let total = events + bad;
+    let (config, port) = job.config("run");
+    let (reference, _) = job.embedded_reference(&config, &input);
+    assert_eq!(job.produce_small_batches(&input, 20), total);
+
+    let mut run = job.spawn("run", &config, port);
+    run.wait_for("a tenth of the input read and ready", DEADLINE, |p| {
+        match (p.metric("rapport_records_in_total"), http_get(port, "/readyz")) {
+            (Some(v), Some((200, _))) if v as u64 >= total / 10 => Ok(()),
+            v => Err(format!("{v:?}")),
+        }
+    });
+    own.signal("STOP");
+    let paused = Instant::now();
+    // Not ready once the clients find no broker answering (their request timeouts, then the
+    // next statistics); alive all along.
+    run.wait_for("/readyz 503 while the broker is frozen", Duration::from_secs(150), |_| {
+        match (http_get(port, "/healthz"), http_get(port, "/readyz")) {
+            (Some((200, _)), Some((503, _))) => Ok(()),
+            v => Err(format!("{v:?}")),
+        }
+    });
+    let degraded_after = paused.elapsed();
+    // Frozen past the producer's 30 s request timeout too; waiting, not spinning, meanwhile:
+    // rapport uses well under a core.
+    let (cpu0, t0) = (cpu_seconds(run.pid()), Instant::now());
+    run.wait_for("35 s of the frozen broker", Duration::from_secs(60), |_| {
+        if paused.elapsed() >= Duration::from_secs(35) { Ok(()) } else { Err("waiting".into()) }
+    });
+    let cpu = (cpu_seconds(run.pid()) - cpu0) / t0.elapsed().as_secs_f64();
+    assert!(cpu < 0.25, "rapport used {:.0}% of a core while the broker was frozen", cpu * 100.0);
+    let frozen = paused.elapsed();
+    own.signal("CONT");
+    let thawed = Instant::now();
+
+    run.wait_for(
+        &format!("all {total} records read and ready after the broker thawed"),
+        Duration::from_secs(150),
+        |p| match (p.metric("rapport_records_in_total"), http_get(port, "/readyz")) {
+            (Some(v), Some((200, _))) if v as u64 == total => Ok(()),
+            v => Err(format!("{v:?}")),
+        },
+    );
+    let recovered = thawed.elapsed();
+    run.stop();
+    eprintln!(
+        "RELIABILITY broker SIGSTOP: frozen {:.0} s, not ready after {:.0} s, {:.0}% of a core while frozen, all {total} records read and ready {:.1} s after SIGCONT",
+        frozen.as_secs_f64(),
+        degraded_after.as_secs_f64(),
+        cpu * 100.0,
+        recovered.as_secs_f64()
+    );
+
+    let store = StoreView::open(&job.data("run"));
+    assert_equivalent("a run across a frozen broker vs the reference", &store, &reference);
+    assert_outputs_complete("pause", &brokers, &job.topics, &store);
+    dead_letters("pause", &job, &store);
+}
+
 /// A data directory keeps the topics its state was built from: pointed at other topics, rapport
 /// refuses to start with a sentence saying what to do, instead of mixing two topic sets' state.
 #[test]

@@ -1,5 +1,7 @@
 //! librdkafka's statistics and client events as metrics.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use metrics::{counter, gauge};
 use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
@@ -35,7 +37,27 @@ pub fn record_producer(s: &Statistics) {
     record_brokers(s, "producer");
 }
 
+/// Brokers UP in the last statistics of the consumer and of the producer; -1 before any.
+static BROKERS_UP: [AtomicI64; 2] = [AtomicI64::new(-1), AtomicI64::new(-1)];
+
+/// Whether the input reader can reach a broker, as far as its last statistics say (true before
+/// the first statistics: nothing says otherwise yet). The reader's, because it fetches from the
+/// partition leaders all the time; an idle producer connects to the brokers only when it has
+/// something to send, so its count says nothing then (a producer that cannot deliver shows as
+/// outbox backlog).
+pub fn brokers_reachable() -> bool {
+    BROKERS_UP[0].load(Ordering::Relaxed) != 0
+}
+
 fn record_brokers(s: &Statistics, client: &'static str) {
+    let up = s
+        .brokers
+        .values()
+        .filter(|b| b.nodeid >= 0 && b.state == "UP")
+        .count();
+    gauge!(KAFKA_BROKERS_UP, "client" => client).set(up as f64);
+    let slot = if client == "consumer" { 0 } else { 1 };
+    BROKERS_UP[slot].store(up as i64, Ordering::Relaxed);
     for (name, b) in &s.brokers {
         if b.nodeid < 0 {
             continue;

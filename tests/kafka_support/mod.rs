@@ -159,6 +159,24 @@ impl OwnBroker {
             .unwrap_or_else(|e| panic!("own broker at {} does not answer: {e}", self.address()));
     }
 
+    /// The broker's process id (from the pid file kafka.sh keeps).
+    pub fn pid(&self) -> u32 {
+        std::fs::read_to_string(self.dir.join("kafka.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no pid file in {}", self.dir.display()))
+    }
+
+    /// Sends the broker a signal (STOP, CONT) by its id.
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill -{sig} of the broker failed");
+    }
+
     /// Stops the broker cleanly (SIGTERM, waits for it to exit).
     pub fn stop(&self) {
         self.script("stop").unwrap_or_else(|e| panic!("{e}"));
