@@ -188,11 +188,12 @@ impl RocksStore {
 
 fn open_error(path: &Path, e: rocksdb::Error) -> StoreError {
     let msg = e.to_string();
-    let hint = if msg.contains("lock") {
-        "another rapport process is using it; stop that process or give this one its own --data-dir"
-    } else if msg.contains("Corruption") || msg.contains("corrupt") || msg.contains("No such file")
+    // Damage first: "block checksum mismatch" holds the word "lock" too.
+    let hint = if msg.contains("Corruption") || msg.contains("corrupt") || msg.contains("No such file")
     {
         "the store is damaged; restore the directory from a backup, or move it aside and rebuild the state with `rapport replay` from the input log"
+    } else if msg.contains("While lock file") || msg.contains("/LOCK") {
+        "another rapport process is using it; stop that process or give this one its own --data-dir"
     } else {
         "check that the directory is a rapport data directory on a writable disk with free space"
     };
