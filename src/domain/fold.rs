@@ -17,6 +17,20 @@ use crate::pb::{AccountState, ArrChange, OpenDeal};
 
 /// Risk topics remembered per account.
 const MAX_RISK_TOPICS: usize = 8;
+/// ARR changes remembered per account (besides the 400-day window): with more, the oldest are
+/// forgotten and net retention is measured against the oldest one kept.
+pub const MAX_ARR_CHANGES: usize = 48;
+/// Bytes of an open deal's free-text stage kept in the state.
+pub const MAX_STAGE_BYTES: usize = 64;
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn clipped(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
 
 /// Folds one event into the account's state.
 pub fn fold(s: &mut AccountState, ev: &Event, late: bool, cfg: &Config) {
@@ -209,7 +223,7 @@ fn fold_deal(s: &mut AccountState, d: &Deal, t: i64, late: bool) {
             let deal = OpenDeal {
                 deal_id: d.deal_id.clone(),
                 kind: d.kind.as_str().to_owned(),
-                stage: stage.clone(),
+                stage: clipped(stage, MAX_STAGE_BYTES),
                 amount: d.amount.unwrap_or(0.0),
                 close_day: d.close_day.unwrap_or(0),
             };
@@ -280,7 +294,8 @@ fn fold_deal(s: &mut AccountState, d: &Deal, t: i64, late: bool) {
             .arr_changes
             .iter()
             .rposition(|c| c.at_ms <= horizon)
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .max(s.arr_changes.len().saturating_sub(MAX_ARR_CHANGES));
         s.arr_changes.drain(..keep_from);
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! The state is the protobuf message itself (`pb::AccountState`), so what is folded is exactly
 //! what is stored: no second representation to keep in sync. Every collection in it is bounded
-//! (90 daily buckets, 64 users, 64 features, 31 score days, a few deals and alerts), which keeps
-//! an account's encoded state under 2 KiB.
+//! (90 daily buckets, 64 users, 64 features, 31 score days, 16 open deals with stages cut to 64
+//! bytes, 48 ARR changes, 8 risk topics, one open alert and cooldown per rule). A typical account
+//! encodes to under 2 KiB; whatever the input, a state stays under [`MAX_STATE_BYTES`] with the
+//! default `engine.max_id_bytes` (256), as `tests/state_bounds.rs` checks on adversarial events.
 
 use prost::Message;
 
@@ -21,6 +23,8 @@ pub const ARR_HISTORY_DAYS: i32 = 400;
 pub const SCORE_DAYS: i32 = 31;
 /// Open deals remembered per account.
 pub const MAX_OPEN_DEALS: usize = 16;
+/// The most an account's encoded state can take with ids of up to 256 bytes.
+pub const MAX_STATE_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
