@@ -523,6 +523,49 @@ fn a_missing_input_file_is_a_clear_error() {
     assert_one_line_error(&o, &["cannot read input", &missing.display().to_string()]);
 }
 
+#[test]
+fn bad_thresholds_and_an_unreachable_broker_stop_start_up_in_one_sentence() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.ndjson");
+    std::fs::write(&input, [good(0), b"\n".to_vec()].concat()).unwrap();
+    for (name, toml, needles) in [
+        (
+            "ratios.toml",
+            "[alerts.usage_drop]\ndrop_ratio = 0.9\nresolve_ratio = 0.5\n",
+            &["alerts.usage_drop", "drop_ratio = 0.9", "resolve_ratio = 0.5"][..],
+        ),
+        ("bands.toml", "[scorecard.bands]\ngreen = 30\n", &["scorecard.bands", "yellow < green"][..]),
+        (
+            "outcome.toml",
+            "[scorecard.components.outcome]\nweight = 0.1\n[scorecard.components.recency]\nweight = 0.0\n",
+            &["scorecard.components.outcome.features", "outcome"][..],
+        ),
+        (
+            "peers.toml",
+            "[scorecard.peers]\ncomponents = [\"commercial\"]\n",
+            &["scorecard.peers.components", "commercial"][..],
+        ),
+    ] {
+        let config = write_config(dir.path(), name, &format!("{toml}{CONFIG}"));
+        let o = run(&config, &input, dir.path());
+        assert_one_line_error(&o, needles);
+    }
+    // Kafka mode against a port nobody listens on: refused at start with what to do.
+    let config = write_config(
+        dir.path(),
+        "kafka.toml",
+        &format!("mode = \"kafka\"\n[kafka]\nbrokers = \"127.0.0.1:1\"\n{CONFIG}"),
+    );
+    let o = Command::new(BIN)
+        .args(["run", "--quiet", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("kafka-data"))
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, &["cannot reach Kafka at 127.0.0.1:1", "kafka.brokers"]);
+}
+
 /// The `Throughput:` figure of a run's summary, in events/s.
 fn throughput(stdout: &str) -> f64 {
     stdout
