@@ -469,7 +469,10 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
                     let behind = pipeline.changelog_behind(p)?;
                     let ours = writer.is_some() && writer == pipeline.writer_of(p);
                     let fresh = empty && !pipeline.has_positions(p);
-                    if !behind && (ours || fresh) {
+                    // Killed before its first changelog record went out: the local state is
+                    // the only copy, and newer than the (empty) changelog.
+                    let unsent = empty && pipeline.changelog_never_sent(p)?;
+                    if !behind && (ours || fresh || unsent) {
                         pipeline.open_changelog(p);
                         drop(e);
                         info!(partition = p, "Local state is up to date with the changelog; starting at once.");

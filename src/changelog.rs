@@ -30,7 +30,11 @@
 //! - Records are never sent twice out of order: the producer is idempotent and retries without
 //!   a time limit (a record that cannot be delivered at all stops the instance instead).
 //! - A partition whose changelog was last written by this store, and whose local state was never
-//!   left behind by it (`cl_behind` in `meta`), starts at once from its local state.
+//!   left behind by it (`cl_behind` in `meta`), starts at once from its local state. So does one
+//!   whose changelog is empty while this store holds its unpublished records and never sent it
+//!   any (`cl_sent` in `meta`, set before the first send): killed before its first changelog
+//!   record went out, the local state is the only copy. An empty changelog after a send means the
+//!   topic was reset: the partition is restored (from nothing) and read again from its start.
 
 use std::collections::HashMap;
 

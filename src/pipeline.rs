@@ -32,7 +32,7 @@ use crate::store::cache::KeyHash;
 use crate::changelog::Changelog;
 use crate::store::keys::{
     self, COUNTERS_KEY, DEDUP_KEY_LEN, OUTBOX_NEXT_KEY, PARTITIONS_KEY, STORE_ID_KEY,
-    changelog_behind_key, clock_key,
+    changelog_behind_key, changelog_sent_key, clock_key,
     dedup_hash, dedup_key_of, outbox_key, parse_outbox_key, parse_timer_key, state_key_into,
     timer_key,
 };
@@ -220,6 +220,8 @@ pub struct Pipeline {
     /// Partitions whose changelog records may not be published (yet): not owned, or not yet
     /// verified as ours since start-up.
     held: BTreeSet<u16>,
+    /// Partitions this store has ever sent a changelog record of (`cl_sent/` in `meta`).
+    sent_changelog: BTreeSet<u16>,
     /// The highest sequence number handed to the sink.
     last_sent: Option<u64>,
     /// The highest sequence number of an output (not a changelog record) handed to the sink.
@@ -335,6 +337,7 @@ impl Pipeline {
             changelog: None,
             gate: Vec::new(),
             held: BTreeSet::new(),
+            sent_changelog: BTreeSet::new(),
             last_sent: None,
             last_output: None,
             poisoned: false,
@@ -449,6 +452,15 @@ impl Pipeline {
     /// Unpublished changelog records, all partitions.
     pub fn changelog_pending(&self) -> usize {
         self.gate.len()
+    }
+
+    /// Whether partition `p`'s changelog has records of this store still to publish while none
+    /// was ever sent: an empty changelog is then exactly as new as the local state was before
+    /// its first batch, and the local state is newer.
+    pub fn changelog_never_sent(&self, p: u16) -> Result<bool, PipelineError> {
+        Ok(self.gate.iter().any(|(_, r)| r.partition == p as i32)
+            && !self.sent_changelog.contains(&p)
+            && self.store.get(Cf::Meta, &changelog_sent_key(p))?.is_none())
     }
 
     /// Drops partition `p`'s local state (states, dedup marks, timers, positions, clock) ahead
@@ -734,6 +746,20 @@ impl Pipeline {
                 if failed.is_some() || seq >= bound || self.held.contains(&(rec.partition as u16)) {
                     keep.push((seq, rec));
                     continue;
+                }
+                let p = rec.partition as u16;
+                if !self.sent_changelog.contains(&p) {
+                    // Durably noted before the record can reach the broker.
+                    let mut w = WriteSet::default();
+                    w.put(Cf::Meta, &changelog_sent_key(p), &[]);
+                    if let Err(e) = self.store.commit(&w) {
+                        keep.push((seq, rec));
+                        failed.get_or_insert(SinkError::Other(format!(
+                            "cannot note the changelog's first send in the store: {e}"
+                        )));
+                        continue;
+                    }
+                    self.sent_changelog.insert(p);
                 }
                 if let Err(e) = sink.send(seq, &rec) {
                     keep.push((seq, rec));

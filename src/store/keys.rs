@@ -153,6 +153,14 @@ pub const TOPICS_KEY: &[u8] = b"topics";
 /// `meta` key of this store's random 16-byte id: the "writer" of its changelog records.
 pub const STORE_ID_KEY: &[u8] = b"store_id";
 
+/// `meta` key set (before the first send) once this store has sent a changelog record of a
+/// partition: an empty changelog is then news (the topic was reset), not just "not yet".
+pub fn changelog_sent_key(partition: u16) -> Vec<u8> {
+    let mut k = b"cl_sent/".to_vec();
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
 /// `meta` key set while the changelog may lack some of a partition's committed local state
 /// (changelog records were dropped unpublished): the partition is restored before it is used.
 pub fn changelog_behind_key(partition: u16) -> Vec<u8> {
