@@ -586,6 +586,18 @@ mod tests {
         decode_json(s.as_bytes(), &limits()).unwrap_or_else(|r| panic!("{s}: {r}"))
     }
 
+    #[test]
+    fn numbers_parse_to_the_nearest_double_and_round_trip() {
+        // The shortest form of 0x1.700b9p-6; parsed one unit off without float_roundtrip.
+        let text = "0.022463694214820862";
+        let ev = ok(&format!(r#"{{{T},"type":"product_usage","quantity":{text}}}"#));
+        let EventBody::ProductUsage(u) = &ev.body else { panic!("{ev:?}") };
+        assert_eq!(u.quantity, text.parse::<f64>().unwrap());
+        let mut out = Vec::new();
+        encode_event(&ev, &mut out);
+        assert_eq!(decode_json(&out, &limits()).unwrap(), ev);
+    }
+
     fn err(s: &str) -> Rejection {
         decode_json(s.as_bytes(), &limits()).expect_err(s)
     }

@@ -7,13 +7,21 @@ use crate::domain::event::{DAY_MS, day_of};
 
 /// Parses an RFC 3339 time with a `Z` or numeric offset, fractional seconds allowed, into UTC
 /// milliseconds since the Unix epoch. Digits below the millisecond are dropped (floored).
+/// Instants outside the years 0000–9999 in UTC (reachable through an offset, such as
+/// `9999-12-31T23:00:00-05:00`) are refused: they could not be written back in RFC 3339.
 pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
-    parse_canonical_utc(s.as_bytes()).or_else(|| {
-        DateTime::parse_from_rfc3339(s)
-            .ok()
-            .map(|t| t.timestamp_millis())
-    })
+    parse_canonical_utc(s.as_bytes())
+        .or_else(|| {
+            DateTime::parse_from_rfc3339(s)
+                .ok()
+                .map(|t| t.timestamp_millis())
+        })
+        .filter(|ms| (FIRST_MS..END_MS).contains(ms))
 }
+
+/// 0000-01-01T00:00:00Z and 10000-01-01T00:00:00Z in milliseconds since the Unix epoch.
+const FIRST_MS: i64 = -62_167_219_200_000;
+const END_MS: i64 = 253_402_300_800_000;
 
 /// The shape nearly every producer sends, `YYYY-MM-DDTHH:MM:SS[.fraction]Z`, read without going
 /// through chrono's general parser (which costs more than the rest of decoding an event). Only
@@ -154,6 +162,18 @@ pub fn format_day(day: i32) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn instants_outside_years_0000_to_9999_in_utc_are_refused() {
+        use super::*;
+        assert_eq!(parse_rfc3339_ms("9999-12-31T23:00:00-05:00"), None);
+        assert_eq!(parse_rfc3339_ms("0000-01-01T00:00:00+01:00"), None);
+        assert_eq!(parse_date_day("9999-12-31T23:00:00-05:00"), None);
+        let last = parse_rfc3339_ms("9999-12-31T23:59:59.999Z").unwrap();
+        assert_eq!(format_rfc3339_ms(last), "9999-12-31T23:59:59.999Z");
+        let first = parse_rfc3339_ms("0000-01-01T01:00:00+01:00").unwrap();
+        assert_eq!(format_rfc3339_ms(first), "0000-01-01T00:00:00Z");
+    }
+
     use super::*;
 
     #[test]
