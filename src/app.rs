@@ -196,7 +196,7 @@ pub fn run_embedded(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
         if !disk.has_room() {
             // Nothing is read while the disk is nearly full; not ready meanwhile.
             if let Some(h) = &opts.health {
-                h.ready.store(false, Ordering::Relaxed);
+                h.set_ready(Some(DISK_LOW.into()));
             }
             std::thread::sleep(Duration::from_millis(200));
             continue;
@@ -207,7 +207,7 @@ pub fn run_embedded(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
             break;
         }
         if let Some(h) = &opts.health {
-            h.ready.store(poll == Poll::Idle, Ordering::Relaxed);
+            h.set_ready((poll != Poll::Idle).then(|| "catching up with the input".to_owned()));
         }
         let now = wall_now_ms();
         let wall = WallClock {
@@ -242,7 +242,7 @@ pub fn run_embedded(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
     pipeline.finish(&mut sink)?;
     store.flush()?;
     if let Some(h) = &opts.health {
-        h.ready.store(true, Ordering::Relaxed);
+        h.set_ready(None);
     }
     if let Some(b) = bar {
         b.finish_and_clear();
@@ -261,6 +261,9 @@ struct Engine {
 
 /// How long the changelog records of a partition whose assignment was lost wait for it to come
 /// back (published if its changelog is untouched since) before they are dropped.
+/// Why input is not read while the store's filesystem is nearly full (`/readyz`).
+const DISK_LOW: &str = "the store's filesystem is below store.min_free_mb: input paused";
+
 const HELD_GRACE: Duration = Duration::from_secs(60);
 
 /// A partition's way from "given by the group" to "being read".
@@ -563,13 +566,43 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
             crate::telemetry::kafka_stats::record_lag(lag);
         }
         if let Some(h) = &opts.health {
-            let ready = !group.is_empty()
-                && !disk.is_low()
-                && crate::telemetry::kafka_stats::brokers_reachable()
-                && owned == group.len()
-                && phases.is_empty()
-                && caught_up.len() == owned;
-            h.ready.store(ready, Ordering::Relaxed);
+            let leaderless = crate::telemetry::kafka_stats::leaderless_inputs();
+            let leaderless_out = crate::telemetry::kafka_stats::leaderless_outputs();
+            let not_ready = if group.is_empty() {
+                Some("no partitions given by the consumer group yet".to_owned())
+            } else if disk.is_low() {
+                Some(DISK_LOW.to_owned())
+            } else if !crate::telemetry::kafka_stats::brokers_reachable() {
+                Some("the input reader reaches no Kafka broker".to_owned())
+            } else if !leaderless.is_empty() || !leaderless_out.is_empty() {
+                let mut why = Vec::new();
+                if !leaderless.is_empty() {
+                    why.push(format!(
+                        "{} input partition(s) without a leader: {} (the others are read)",
+                        leaderless.len(),
+                        leaderless.join(", ")
+                    ));
+                }
+                if !leaderless_out.is_empty() {
+                    why.push(format!(
+                        "{} output partition(s) without a leader: {} (their records wait in the outbox)",
+                        leaderless_out.len(),
+                        leaderless_out.join(", ")
+                    ));
+                }
+                Some(why.join("; "))
+            } else if owned != group.len() || !phases.is_empty() {
+                Some(format!(
+                    "{} of {} partitions given by the group are being restored or activated",
+                    group.len() - owned.min(group.len()),
+                    group.len()
+                ))
+            } else if caught_up.len() != owned {
+                Some(format!("catching up: {} of {owned} partitions at the end of their input", caught_up.len()))
+            } else {
+                None
+            };
+            h.set_ready(not_ready);
             if let Some(lag) = &lag {
                 let status = kafka_status(&cfg, lag, &group, &caught_up, &phases, &reader, depth);
                 *h.status.lock().unwrap() = serde_json::to_value(status).unwrap_or_default();

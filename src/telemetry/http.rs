@@ -20,10 +20,20 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub struct Health {
     /// Caught up with the input (or finished it) and committing normally.
     pub ready: AtomicBool,
+    /// Why not ready, when not (the body of a 503 from `/readyz`).
+    pub not_ready_reason: std::sync::Mutex<String>,
     /// Set when the loop has stopped on an error.
     pub failed: AtomicBool,
     /// What `/status` shows (Kafka mode: partitions, positions, lag, restores).
     pub status: std::sync::Mutex<serde_json::Value>,
+}
+
+impl Health {
+    /// Ready, or not ready for `reason`.
+    pub fn set_ready(&self, reason: Option<String>) {
+        self.ready.store(reason.is_none(), Ordering::Relaxed);
+        *self.not_ready_reason.lock().unwrap() = reason.unwrap_or_default();
+    }
 }
 
 /// Installs the global Prometheus recorder (once per process) and returns its handle.
@@ -76,11 +86,18 @@ async fn status(State(s): State<AppState>) -> axum::response::Response {
     ([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
-    if s.health.ready.load(Ordering::Relaxed) && !s.health.failed.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
+async fn readyz(State(s): State<AppState>) -> (StatusCode, String) {
+    if s.health.failed.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: the run loop stopped on an error\n".into())
+    } else if s.health.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n".into())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        let reason = s.health.not_ready_reason.lock().unwrap();
+        if reason.is_empty() {
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into())
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n"))
+        }
     }
 }
 

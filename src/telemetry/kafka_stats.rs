@@ -1,5 +1,6 @@
 //! librdkafka's statistics and client events as metrics.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use metrics::{counter, gauge};
@@ -49,6 +50,43 @@ pub fn brokers_reachable() -> bool {
     BROKERS_UP[0].load(Ordering::Relaxed) != 0
 }
 
+/// `topic/partition` of the partitions without a leader in the last statistics of the consumer
+/// and of the producer, sorted.
+static LEADERLESS: [Mutex<Vec<String>>; 2] = [Mutex::new(Vec::new()), Mutex::new(Vec::new())];
+
+/// The input partitions this instance reads that have no leader now, as far as the input
+/// reader's last statistics say (`topic/partition`, sorted): the brokers are up but the cluster
+/// has no replica to serve them (all of their replicas are down). librdkafka keeps asking for
+/// their leader with backoff and resumes them when one is elected; the rest go on meanwhile.
+pub fn leaderless_inputs() -> Vec<String> {
+    LEADERLESS[0].lock().unwrap().clone()
+}
+
+/// The partitions the producer writes (outputs, DLQ, changelog) that have no leader now, as far
+/// as its last statistics say. Records for them wait in librdkafka's queue (it retries without
+/// a time limit, `message.timeout.ms = 0`) and in the outbox until a leader is elected.
+pub fn leaderless_outputs() -> Vec<String> {
+    LEADERLESS[1].lock().unwrap().clone()
+}
+
+/// Partitions of the client's topics without a leader (-1): for the consumer the ones it was
+/// assigned (desired), for the producer every partition of the topics it writes. The
+/// per-topic pseudo-partition -1 (librdkafka's unassigned queue) is not a partition.
+fn leaderless(s: &Statistics, client: &'static str) -> Vec<String> {
+    let mut v: Vec<String> = s
+        .topics
+        .values()
+        .flat_map(|t| {
+            t.partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.leader < 0 && (client != "consumer" || p.desired))
+                .map(|p| format!("{}/{}", t.topic, p.partition))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 fn record_brokers(s: &Statistics, client: &'static str) {
     let up = s
         .brokers
@@ -58,6 +96,16 @@ fn record_brokers(s: &Statistics, client: &'static str) {
     gauge!(KAFKA_BROKERS_UP, "client" => client).set(up as f64);
     let slot = if client == "consumer" { 0 } else { 1 };
     BROKERS_UP[slot].store(up as i64, Ordering::Relaxed);
+    let without = leaderless(s, client);
+    gauge!(KAFKA_PARTITIONS_LEADERLESS, "client" => client).set(without.len() as f64);
+    if without.len() != LEADERLESS[slot].lock().unwrap().len() {
+        if without.is_empty() {
+            tracing::info!(client, "Every partition has a leader again.");
+        } else {
+            warn!(client, partitions = %without.join(","), "Partitions without a leader: their replicas are all down; librdkafka asks for a leader with backoff, the other partitions go on.");
+        }
+    }
+    *LEADERLESS[slot].lock().unwrap() = without;
     for (name, b) in &s.brokers {
         if b.nodeid < 0 {
             continue;

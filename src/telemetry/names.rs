@@ -30,6 +30,7 @@ pub const STORE_FREE_BYTES: &str = "rapport_store_free_bytes";
 pub const KAFKA_CONSUMER_LAG: &str = "rapport_kafka_consumer_lag";
 pub const KAFKA_BROKER_RTT_SECONDS: &str = "rapport_kafka_broker_rtt_seconds";
 pub const KAFKA_BROKERS_UP: &str = "rapport_kafka_brokers_up";
+pub const KAFKA_PARTITIONS_LEADERLESS: &str = "rapport_kafka_partitions_leaderless";
 pub const KAFKA_REBALANCES: &str = "rapport_kafka_rebalances_total";
 pub const KAFKA_PAUSED_PARTITIONS: &str = "rapport_kafka_paused_partitions";
 pub const KAFKA_PRODUCE_ERRORS: &str = "rapport_kafka_produce_errors_total";
@@ -151,6 +152,12 @@ pub const ALL: &[MetricDoc] = &[
         "gauge",
         "client",
         "Brokers the client has a working connection to (librdkafka's state UP), from its last statistics (every 5 s); 0 while the brokers are down, paused or unreachable (the input reader's 0 makes the instance not ready).",
+    ),
+    (
+        KAFKA_PARTITIONS_LEADERLESS,
+        "gauge",
+        "client",
+        "Partitions without a leader (every replica down) among those the input reader is assigned or the producer writes, from the client's last statistics (every 5 s); either above 0 makes the instance not ready; those partitions wait (input unread, outputs in the outbox) while the others go on.",
     ),
     (
         KAFKA_REBALANCES,

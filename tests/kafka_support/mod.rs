@@ -1327,3 +1327,46 @@ fn check_outputs(
     );
     (scores.len(), alerts.len())
 }
+
+/// Dead letters on the DLQ topic: repeats of one source record are identical, and there are as
+/// many distinct source records as the store dead-lettered. Returns them by (topic, partition,
+/// offset).
+pub fn dead_letters(what: &str, job: &Job, store: &StoreView) -> BTreeMap<(String, i32, i64), Rec> {
+    let mut m: BTreeMap<(String, i32, i64), Rec> = BTreeMap::new();
+    for r in read_all(&job.brokers, &job.topics.dlq) {
+        let k = (
+            r.header("source_topic").expect("source_topic header"),
+            r.header("source_partition")
+                .expect("source_partition header")
+                .parse()
+                .expect("source_partition is a number"),
+            r.header("source_offset")
+                .expect("source_offset header")
+                .parse()
+                .expect("source_offset is a number"),
+        );
+        if let Some(prev) = m.get(&k) {
+            assert!(
+                prev.value == r.value && prev.headers == r.headers,
+                "{what}: dead letter of {k:?} delivered twice, differently"
+            );
+        }
+        m.insert(k, r);
+    }
+    assert_eq!(
+        m.len() as u64,
+        store.counters.dead_lettered,
+        "{what}: distinct dead letters on the DLQ topic against the store's count"
+    );
+    m
+}
+
+/// CPU seconds (user + system) a process has used so far.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
