@@ -618,6 +618,10 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
         let Engine { pipeline, sink } = &mut *e;
         if batch.records.is_empty() && !idle_tick {
             pipeline.settle(sink)?;
+            // Deliveries confirmed while idle: the gauges show them now, not at the next batch.
+            metrics::gauge!(crate::telemetry::names::OUTBOX_DEPTH).set(pipeline.outbox_depth() as f64);
+            metrics::gauge!(crate::telemetry::names::CHANGELOG_PENDING)
+                .set(pipeline.changelog_pending() as f64);
             continue;
         }
         last_idle_commit = Instant::now();
@@ -1195,8 +1199,10 @@ pub enum WireFormat {
 /// `rapport produce`: sends an NDJSON file of events to the input topics (each event to its
 /// type's topic, keyed by account id, partitioned as a Java client would). Lines that are not
 /// valid events are sent as they are to the product-usage topic, so that dead-letter handling
-/// can be exercised. Returns the number of records sent.
-pub fn produce(cfg: &Config, input: &Path, format: WireFormat) -> Result<u64> {
+/// can be exercised. With `event_time`, each event's record timestamp is its `occurred_at` (as
+/// event-sourcing producers set it; then the time-ordered merge of a partition's four topics
+/// is event-time order), else the time it is sent. Returns the number of records sent.
+pub fn produce(cfg: &Config, input: &Path, format: WireFormat, event_time: bool) -> Result<u64> {
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
     use std::io::BufRead;
     let mut c = crate::source::kafka::client_config(cfg);
@@ -1217,6 +1223,7 @@ pub fn produce(cfg: &Config, input: &Path, format: WireFormat) -> Result<u64> {
     let mut n = 0u64;
     for line in f.split(b'\n') {
         let line = line?;
+        let mut stamp = None;
         let (topic, key, payload): (&str, Option<String>, Vec<u8>) =
             match crate::codec::json::decode_json(&line, &limits) {
                 Ok(ev) => {
@@ -1237,6 +1244,7 @@ pub fn produce(cfg: &Config, input: &Path, format: WireFormat) -> Result<u64> {
                             &crate::codec::proto::encode_event(&ev),
                         ),
                     };
+                    stamp = event_time.then_some(ev.occurred_at_ms);
                     (topic.as_str(), Some(ev.account_id), payload)
                 }
                 Err(_) => (t.product_usage.as_str(), None, line.clone()),
@@ -1245,6 +1253,9 @@ pub fn produce(cfg: &Config, input: &Path, format: WireFormat) -> Result<u64> {
             let mut r: BaseRecord<'_, String, Vec<u8>> = BaseRecord::to(topic).payload(&payload);
             if let Some(k) = &key {
                 r = r.key(k);
+            }
+            if let Some(t) = stamp {
+                r = r.timestamp(t);
             }
             match producer.send(r) {
                 Ok(()) => break,

@@ -3,7 +3,7 @@
 //! data to completion, then event-to-output latency at a steady input rate of half rapport's
 //! measured maximum. Prints one table; ratios are taken within the same run.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,18 +14,83 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::app::{self, RunOptions, Shutdown, WireFormat};
+use crate::app::{self, WireFormat};
 use crate::config::{Config, TimerClock};
 use crate::generate::{GenSpec, Portfolio};
 use crate::source::kafka::client_config;
 
+/// Input topics of the benchmark hold records stamped with their (past) event time: no
+/// time-based retention, or the broker would delete them while they are being read.
+const KEEP: &[(&str, &str)] = &[("retention.ms", "-1")];
+
+/// The contenders of `rapport bench kafka`, in the order of the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Contender {
+    /// A librdkafka consumer that reads and discards every record (the physical limit).
+    Raw,
+    /// rapport in Kafka mode, JSON input.
+    KafkaJson,
+    /// rapport in Kafka mode, protobuf input.
+    KafkaProtobuf,
+    /// rapport in embedded mode, the same events from an NDJSON file.
+    Embedded,
+    /// The Kafka Streams peer (benches/peers/kafka-streams), at-least-once.
+    StreamsAlos,
+    /// The Kafka Streams peer, exactly_once_v2.
+    StreamsEos,
+}
+
+impl Contender {
+    pub const ALL: [Contender; 6] = [
+        Contender::Raw,
+        Contender::KafkaJson,
+        Contender::KafkaProtobuf,
+        Contender::Embedded,
+        Contender::StreamsAlos,
+        Contender::StreamsEos,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Contender::Raw => "raw librdkafka consume",
+            Contender::KafkaJson => "rapport, Kafka mode, JSON",
+            Contender::KafkaProtobuf => "rapport, Kafka mode, protobuf",
+            Contender::Embedded => "rapport, embedded, NDJSON file",
+            Contender::StreamsAlos => "Kafka Streams peer, at-least-once",
+            Contender::StreamsEos => "Kafka Streams peer, exactly_once_v2",
+        }
+    }
+
+    fn tag(self) -> &'static str {
+        match self {
+            Contender::Raw => "raw",
+            Contender::KafkaJson => "json",
+            Contender::KafkaProtobuf => "protobuf",
+            Contender::Embedded => "embedded",
+            Contender::StreamsAlos => "ks-alos",
+            Contender::StreamsEos => "ks-eos",
+        }
+    }
+
+    fn is_peer(self) -> bool {
+        matches!(self, Contender::StreamsAlos | Contender::StreamsEos)
+    }
+
+    fn reads_protobuf(self) -> bool {
+        self == Contender::KafkaProtobuf
+    }
+}
+
 pub struct KafkaBench {
     pub accounts: usize,
     pub events: u64,
-    pub format: WireFormat,
+    pub contenders: Vec<Contender>,
+    /// Seconds of steady input for each latency measurement (0: none).
     pub latency_seconds: u64,
-    /// Input rate of the latency phase; default half of rapport's measured maximum.
+    /// Input rate of the latency measurements; default half of rapport's measured maximum.
     pub latency_rate: Option<f64>,
+    /// The Kafka Streams peer's launcher (`benches/peers/kafka-streams/run.sh`).
+    pub peer: PathBuf,
 }
 
 fn rate(n: u64, secs: f64) -> f64 {
@@ -33,8 +98,8 @@ fn rate(n: u64, secs: f64) -> f64 {
 }
 
 /// Reads every input record with a plain consumer (same group protocol as rapport) and
-/// discards it.
-fn raw_consume(cfg: &Config, total: u64) -> Result<f64> {
+/// discards it. Returns the seconds from the first record to the last.
+pub fn raw_consume(cfg: &Config, total: u64) -> Result<f64> {
     let mut c = client_config(cfg);
     c.set("group.id", format!("{}-raw", cfg.kafka.group_id))
         .set("enable.auto.commit", "false")
@@ -42,21 +107,82 @@ fn raw_consume(cfg: &Config, total: u64) -> Result<f64> {
         .set("partition.assignment.strategy", "range");
     let consumer: BaseConsumer = c.create()?;
     consumer.subscribe(&cfg.kafka.input_topics.all())?;
-    let start = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let mut first = None;
     let mut n = 0u64;
     let mut bytes = 0usize;
     while n < total {
-        if start.elapsed() > Duration::from_secs(900) {
-            bail!("raw consume read {n} of {total} records in 15 minutes");
+        if Instant::now() > deadline {
+            bail!("raw consume read {n} of {total} records in 30 minutes");
         }
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
             let m = m?;
+            first.get_or_insert_with(Instant::now);
             bytes += m.payload().map_or(0, <[u8]>::len);
             n += 1;
         }
     }
     std::hint::black_box(bytes);
-    Ok(start.elapsed().as_secs_f64())
+    Ok(first.map_or(0.0, |t| t.elapsed().as_secs_f64()))
+}
+
+/// A copy of `base` whose input topics carry `suffix`.
+fn with_inputs(base: &Config, suffix: &str) -> Config {
+    let mut cfg = base.clone();
+    let k = &mut cfg.kafka;
+    for t in [
+        &mut k.input_topics.product_usage,
+        &mut k.input_topics.email,
+        &mut k.input_topics.call,
+        &mut k.input_topics.deal,
+    ] {
+        *t = format!("{t}.{suffix}");
+    }
+    cfg
+}
+
+/// A copy of `cfg` with a group, changelog and output topics of its own (`tag`).
+fn with_outputs(cfg: &Config, tag: &str) -> Config {
+    let mut c = cfg.clone();
+    let k = &mut c.kafka;
+    let stem = k.input_topics.product_usage.rsplit_once('.').map_or("", |(_, s)| s).to_owned();
+    for t in [
+        &mut k.output_topics.health_scores,
+        &mut k.output_topics.churn_alerts,
+        &mut k.output_topics.dlq,
+    ] {
+        *t = format!("{t}.{stem}-{tag}");
+    }
+    k.changelog_topic = format!("{}.{stem}-{tag}", k.changelog_topic);
+    k.group_id = format!("rapport-{stem}-{tag}");
+    c
+}
+
+/// Every topic a config names.
+fn topic_names(cfg: &Config) -> Vec<String> {
+    crate::topics::wanted(cfg).into_iter().map(|(t, _)| t).collect()
+}
+
+/// The benchmark's events: a generated portfolio, as many days as it takes to reach `events`,
+/// ending today (so that a live phase continues it), cut to exactly `events` lines.
+fn generate_events(accounts: usize, events: u64, dir: &Path) -> Result<(PathBuf, u64)> {
+    // About 1.7 events per account-day at usage_per_day = 1; generate a little more, then cut.
+    let per_account_day = 1.5;
+    let days = ((events as f64 / accounts as f64 / per_account_day).ceil() as u32).max(1);
+    let file = dir.join("events-all.ndjson");
+    let start_day = crate::domain::event::day_of(app::wall_now_ms()) - days as i32;
+    let p = Portfolio::new(GenSpec {
+        accounts,
+        days,
+        start_day,
+        usage_per_day: 1.0,
+        ..GenSpec::default()
+    });
+    app::write_portfolio(&p, &file, 0)?;
+    let cut = dir.join("events.ndjson");
+    let total = head_lines(&file, &cut, events)?;
+    std::fs::remove_file(&file)?;
+    Ok((cut, total))
 }
 
 /// Fresh, uniquely named topics on the configured broker, a generated portfolio cut to
@@ -68,111 +194,23 @@ fn prepare(
     format: WireFormat,
     dir: &Path,
     out: &mut dyn std::io::Write,
-) -> Result<(Config, std::path::PathBuf, u64)> {
-    let stamp = app::wall_now_ms();
-    let mut cfg = base.clone();
-    cfg.mode = crate::config::Mode::Kafka;
-    let suffix = format!("bench-{stamp}");
-    let k = &mut cfg.kafka;
-    for t in [
-        &mut k.input_topics.product_usage,
-        &mut k.input_topics.email,
-        &mut k.input_topics.call,
-        &mut k.input_topics.deal,
-    ] {
-        *t = format!("{t}.{suffix}");
-    }
-    for t in [
-        &mut k.output_topics.health_scores,
-        &mut k.output_topics.churn_alerts,
-        &mut k.output_topics.dlq,
-    ] {
-        *t = format!("{t}.{suffix}");
-    }
-    k.changelog_topic = format!("{}.{suffix}", k.changelog_topic);
-    k.group_id = format!("rapport-{suffix}");
-    k.output_partitions = cfg.engine.partitions as u32;
-    cfg.store.data_dir = dir.join("data");
-    cfg.telemetry.listen = String::new();
+) -> Result<(Config, PathBuf, u64)> {
+    let mut base = base.clone();
+    base.mode = crate::config::Mode::Kafka;
+    base.store.data_dir = dir.join("data");
+    base.telemetry.listen = String::new();
+    base.kafka.output_partitions = base.engine.partitions as u32;
+    let cfg = with_outputs(&with_inputs(&base, &format!("bench-{}", app::wall_now_ms())), "run");
     crate::topics::create(&cfg)?;
-
-    // The data: a generated portfolio, as many days as it takes to reach the event count.
-    // About 1.7 events per account-day at usage_per_day = 1; generate a little more, then cut.
-    let per_account_day = 1.5;
-    let days = ((events as f64 / accounts as f64 / per_account_day).ceil() as u32).max(1);
-    let file = dir.join("events.ndjson");
-    // The timeline ends today, so that the live phase continues it (no burst of "gone dark").
-    let start_day = crate::domain::event::day_of(stamp) - days as i32;
-    let p = Portfolio::new(GenSpec {
-        accounts,
-        days,
-        start_day,
-        usage_per_day: 1.0,
-        ..GenSpec::default()
-    });
-    app::write_portfolio(&p, &file, 0)?;
-    let truncated = dir.join("events-cut.ndjson");
-    let total = head_lines(&file, &truncated, events)?;
+    let (file, total) = generate_events(accounts, events, dir)?;
     let t0 = Instant::now();
-    app::produce(&cfg, &truncated, format)?;
+    app::produce(&cfg, &file, format, false)?;
     writeln!(
         out,
         "Produced {total} events ({accounts} accounts) in {:.1} s.",
         t0.elapsed().as_secs_f64()
     )?;
-    Ok((cfg, truncated, total))
-}
-
-pub fn kafka(base: &Config, b: &KafkaBench, out: &mut dyn std::io::Write) -> Result<()> {
-    let dir = tempfile::Builder::new()
-        .prefix("rapport-bench-")
-        .tempdir()?;
-    let (cfg, truncated, total) = prepare(base, b.accounts, b.events, b.format, dir.path(), out)?;
-
-    let raw_secs = raw_consume(&cfg, total)?;
-    let raw = rate(total, raw_secs);
-
-    // rapport to completion, in this process.
-    let cfg = Arc::new(cfg);
-    let opts = RunOptions {
-        progress: false,
-        shutdown: Shutdown::after_records(total),
-        health: None,
-    };
-    let summary = app::run_kafka(Arc::clone(&cfg), &opts)?;
-    let ours = rate(summary.records, summary.seconds);
-
-    // Latency at half of rapport's maximum rate.
-    let lat = latency(&cfg, &truncated, b.latency_rate.unwrap_or((ours / 2.0).max(100.0)), b.latency_seconds)?;
-
-    let mut t = Table::new();
-    t.load_style(UTF8_FULL_CONDENSED).set_header(vec![
-        "contender",
-        "events",
-        "seconds",
-        "events/s",
-        "ratio to raw",
-    ]);
-    for (name, n, secs) in [
-        ("raw librdkafka consume", total, raw_secs),
-        ("rapport, Kafka mode", summary.records, summary.seconds),
-    ] {
-        let r = rate(n, secs);
-        t.add_row(vec![
-            Cell::new(name),
-            Cell::new(n).set_alignment(CellAlignment::Right),
-            Cell::new(format!("{secs:.2}")).set_alignment(CellAlignment::Right),
-            Cell::new(format!("{r:.0}")).set_alignment(CellAlignment::Right),
-            Cell::new(format!("{:.2}", r / raw)).set_alignment(CellAlignment::Right),
-        ]);
-    }
-    writeln!(out, "{t}")?;
-    writeln!(
-        out,
-        "Latency, event to health-score output, at {:.0} events/s for {} s ({} samples): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms.",
-        lat.rate, b.latency_seconds, lat.samples, lat.p50_ms, lat.p99_ms, lat.max_ms
-    )?;
-    Ok(())
+    Ok((cfg, file, total))
 }
 
 fn head_lines(from: &Path, to: &Path, n: u64) -> Result<u64> {
@@ -192,121 +230,390 @@ fn head_lines(from: &Path, to: &Path, n: u64) -> Result<u64> {
     Ok(count)
 }
 
-struct Latency {
-    rate: f64,
-    samples: usize,
-    p50_ms: f64,
-    p99_ms: f64,
-    max_ms: f64,
+/// What a finished child process used: CPU seconds (user + system, its waited-for children
+/// included) and peak resident memory.
+struct Usage {
+    cpu_seconds: f64,
+    peak_rss: u64,
+    exit: Option<i32>,
 }
 
-/// Replays the benchmark's events, restamped with the wall clock, at `rate` per second while
-/// rapport runs live. One event in a hundred is a probe: the first usage event of a new account,
-/// which yields that account's first health score with `as_of` = the event's time. Latency =
-/// when the score is read from the output topic − `as_of`.
-fn latency(cfg: &Arc<Config>, events: &Path, rate: f64, seconds: u64) -> Result<Latency> {
-    use std::io::BufRead;
-    let lines: Vec<Vec<u8>> = std::io::BufReader::new(std::fs::File::open(events)?)
-        .split(b'\n')
-        .take((rate * seconds as f64) as usize + 1)
-        .collect::<std::io::Result<_>>()?;
-    let limits = crate::codec::DecodeLimits { max_record_bytes: usize::MAX, max_id_bytes: usize::MAX };
-    // Live settings: wall-clock timers, small batches come as they are.
-    let mut live = (**cfg).clone();
-    live.engine.timer_clock = TimerClock::Wall;
-    let live = Arc::new(live);
-    let shutdown = Shutdown::new();
-    let health = Arc::new(crate::telemetry::http::Health::default());
-    let runner = {
-        let (live, shutdown, health) = (Arc::clone(&live), shutdown.clone(), Arc::clone(&health));
-        std::thread::spawn(move || {
-            app::run_kafka(live, &RunOptions { progress: false, shutdown, health: Some(health) })
-        })
-    };
-    // Start measuring once rapport owns its partitions and has caught up with them.
-    let ready_by = Instant::now() + Duration::from_secs(120);
-    while !health.ready.load(std::sync::atomic::Ordering::Relaxed) {
-        if Instant::now() > ready_by {
-            shutdown.trigger();
-            bail!("rapport did not catch up within 2 minutes before the latency run");
+/// Reaps `child` (which must not have been waited for) and returns its resource usage.
+fn wait_usage(child: &std::process::Child) -> Result<Usage> {
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid value of the plain C struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: pid is our own un-reaped child; status and ru are valid for writes.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+        if r == pid {
+            break;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e).context("waiting for a benchmark process");
+        }
     }
-    // Read the score topic from its current end.
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok(Usage {
+        cpu_seconds: secs(ru.ru_utime) + secs(ru.ru_stime),
+        // Linux reports kilobytes.
+        peak_rss: ru.ru_maxrss as u64 * 1024,
+        exit: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+    })
+}
+
+fn terminate(child: &std::process::Child) {
+    // SAFETY: signalling our own child by its id.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+}
+
+/// One contender's measurement.
+pub struct Row {
+    pub contender: Contender,
+    pub events: u64,
+    /// From its first record read to its last processed (outputs acknowledged).
+    pub seconds: f64,
+    pub cpu_seconds: f64,
+    pub peak_rss: u64,
+    pub latency: Option<Latency>,
+}
+
+impl Row {
+    pub fn events_per_second(&self) -> f64 {
+        rate(self.events, self.seconds)
+    }
+}
+
+/// A child process of this executable with a config file of its own.
+fn spawn_self(args: &[&str], cfg: &Config, dir: &Path, tag: &str) -> Result<(std::process::Child, PathBuf)> {
+    let path = dir.join(format!("{tag}.toml"));
+    std::fs::write(&path, toml::to_string(cfg)?)?;
+    let log = dir.join(format!("{tag}.log"));
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(args).arg("--config").arg(&path);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("RAPPORT_") {
+            cmd.env_remove(k);
+        }
+    }
+    let child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .with_context(|| format!("starting {tag}"))?;
+    Ok((child, log))
+}
+
+/// The last line of a child's stdout, parsed as JSON.
+fn last_json_line(child: &mut std::process::Child) -> Result<serde_json::Value> {
+    use std::io::Read;
+    let mut text = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        o.read_to_string(&mut text)?;
+    }
+    let line = text.lines().rev().find(|l| l.trim_start().starts_with('{')).unwrap_or("");
+    serde_json::from_str(line).with_context(|| format!("reading a result line from {text:?}"))
+}
+
+fn run_raw(cfg: &Config, total: u64, dir: &Path) -> Result<Row> {
+    let (mut child, log) = spawn_self(&["bench", "raw-consume", "--expect", &total.to_string()], cfg, dir, "raw")?;
+    let v = last_json_line(&mut child);
+    let u = wait_usage(&child)?;
+    let v = v.with_context(|| format!("raw consume failed; its log is {}", log.display()))?;
+    Ok(Row {
+        contender: Contender::Raw,
+        events: v["records"].as_u64().unwrap_or(0),
+        seconds: v["seconds"].as_f64().unwrap_or(0.0),
+        cpu_seconds: u.cpu_seconds,
+        peak_rss: u.peak_rss,
+        latency: None,
+    })
+}
+
+/// A metric of a rapport instance's endpoint, summed over its label sets.
+fn metric(port: u16, name: &str) -> Option<f64> {
+    let text = ureq::get(format!("http://127.0.0.1:{port}/metrics"))
+        .call()
+        .ok()?
+        .body_mut()
+        .read_to_string()
+        .ok()?;
+    Some(
+        text.lines()
+            .filter(|l| l.split([' ', '{']).next() == Some(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// rapport in Kafka mode, a child process, to completion: every record read and every output
+/// acknowledged by the broker.
+fn run_rapport_kafka(cfg: &Config, contender: Contender, total: u64, dir: &Path) -> Result<Row> {
+    let mut c = with_outputs(cfg, contender.tag());
+    let port = free_port()?;
+    c.telemetry.listen = format!("127.0.0.1:{port}");
+    c.store.data_dir = dir.join(format!("data-{}", contender.tag()));
+    c.kafka.create_topics = true;
+    // Replay: timers on event time, so that the outputs are those of the embedded run.
+    c.engine.timer_clock = TimerClock::Event;
+    let (mut child, log) = spawn_self(&["run", "--quiet"], &c, dir, contender.tag())?;
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    let mut first = None;
+    let done = loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("rapport ({}) exited early ({status}); its log is {}", contender.tag(), log.display());
+        }
+        if Instant::now() > deadline {
+            terminate(&child);
+            bail!("rapport ({}) did not finish within an hour; its log is {}", contender.tag(), log.display());
+        }
+        let n = metric(port, crate::telemetry::names::RECORDS_IN).unwrap_or(0.0) as u64;
+        if n > 0 {
+            first.get_or_insert_with(Instant::now);
+        }
+        if n >= total && metric(port, crate::telemetry::names::OUTBOX_DEPTH) == Some(0.0) {
+            break Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    terminate(&child);
+    let u = wait_usage(&child)?;
+    if u.exit != Some(0) {
+        bail!("rapport ({}) did not stop cleanly; its log is {}", contender.tag(), log.display());
+    }
+    Ok(Row {
+        contender,
+        events: total,
+        seconds: first.map_or(0.0, |f| (done - f).as_secs_f64()),
+        cpu_seconds: u.cpu_seconds,
+        peak_rss: u.peak_rss,
+        latency: None,
+    })
+}
+
+/// rapport in embedded mode on the events file, a child process, to its end.
+fn run_embedded(cfg: &Config, file: &Path, total: u64, dir: &Path) -> Result<(Row, PathBuf)> {
+    let mut c = Config::defaults();
+    c.engine = cfg.engine.clone();
+    c.engine.timer_clock = TimerClock::Event;
+    c.store = cfg.store.clone();
+    c.store.data_dir = dir.join("data-embedded");
+    c.pipeline = cfg.pipeline.clone();
+    c.scorecard = cfg.scorecard.clone();
+    c.alerts = cfg.alerts.clone();
+    c.telemetry.listen = String::new();
+    c.embedded.input = file.display().to_string();
+    let outputs = dir.join("out-embedded");
+    c.embedded.output_dir = outputs.clone();
+    let t0 = Instant::now();
+    let (child, log) = spawn_self(&["run", "--quiet"], &c, dir, "embedded")?;
+    let u = wait_usage(&child)?;
+    let secs = t0.elapsed().as_secs_f64();
+    if u.exit != Some(0) {
+        bail!("rapport (embedded) failed; its log is {}", log.display());
+    }
+    Ok((
+        Row {
+            contender: Contender::Embedded,
+            events: total,
+            seconds: secs,
+            cpu_seconds: u.cpu_seconds,
+            peak_rss: u.peak_rss,
+            latency: None,
+        },
+        outputs,
+    ))
+}
+
+/// The Kafka Streams peer's command line for `cfg`'s topics.
+fn peer_command(peer: &Path, cfg: &Config, contender: Contender, expect: u64, state: &Path) -> std::process::Command {
+    let k = &cfg.kafka;
+    let guarantee = if contender == Contender::StreamsEos { "exactly_once_v2" } else { "at_least_once" };
+    let mut cmd = std::process::Command::new(peer);
+    cmd.arg("run")
+        .args(["--bootstrap", &k.brokers])
+        .args(["--application-id", &k.group_id])
+        .args(["--product-usage-topic", &k.input_topics.product_usage])
+        .args(["--email-topic", &k.input_topics.email])
+        .args(["--call-topic", &k.input_topics.call])
+        .args(["--deal-topic", &k.input_topics.deal])
+        .args(["--health-topic", &k.output_topics.health_scores])
+        .args(["--alerts-topic", &k.output_topics.churn_alerts])
+        .args(["--guarantee", guarantee])
+        .arg("--state-dir")
+        .arg(state)
+        .args(["--expect", &expect.to_string()])
+        .args(["--timeout", "7200"]);
+    cmd
+}
+
+fn peer_topics(cfg: &Config, contender: Contender) -> Result<Config> {
+    let c = with_outputs(cfg, contender.tag());
+    let o = &c.kafka.output_topics;
+    let n = c.engine.partitions as i32;
+    crate::topics::create_named(&c, &[(o.health_scores.clone(), n), (o.churn_alerts.clone(), n)], &[])?;
+    Ok(c)
+}
+
+/// The Kafka Streams peer to completion (it exits once it has processed and committed
+/// `total` records, and says how long that took from its first record).
+fn run_peer(peer: &Path, cfg: &Config, contender: Contender, total: u64, dir: &Path) -> Result<(Row, Config)> {
+    let c = peer_topics(cfg, contender)?;
+    let log = dir.join(format!("{}.log", contender.tag()));
+    let mut child = peer_command(peer, &c, contender, total, &dir.join(format!("state-{}", contender.tag())))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .with_context(|| format!("starting the Kafka Streams peer {}", peer.display()))?;
+    let v = last_json_line(&mut child);
+    let u = wait_usage(&child)?;
+    if u.exit != Some(0) {
+        bail!("the Kafka Streams peer ({}) failed; its log is {}", contender.tag(), log.display());
+    }
+    let v = v.with_context(|| format!("the Kafka Streams peer's log is {}", log.display()))?;
+    Ok((
+        Row {
+            contender,
+            events: v["records"].as_u64().unwrap_or(0),
+            seconds: v["seconds"].as_f64().unwrap_or(0.0),
+            cpu_seconds: u.cpu_seconds,
+            peak_rss: u.peak_rss,
+            latency: None,
+        },
+        c,
+    ))
+}
+
+/// A consumer context for which reaching a partition's end is expected, not an error to log.
+struct EndsExpected;
+
+impl rdkafka::ClientContext for EndsExpected {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if !matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+            tracing::warn!(error = %error, reason, "Kafka client error while reading back outputs.");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EndsExpected {}
+
+/// Every record of a topic, read from its start to its end as of now (committed ones only:
+/// the end of a partition is where librdkafka reports it, past any transaction markers).
+fn read_topic(cfg: &Config, topic: &str) -> Result<Vec<Vec<u8>>> {
     let mut c = client_config(cfg);
-    c.set("group.id", format!("{}-latency", cfg.kafka.group_id))
-        .set("enable.auto.commit", "false");
-    let reader: BaseConsumer = c.create()?;
-    let topic = &cfg.kafka.output_topics.health_scores;
+    c.set("group.id", format!("{}-check", cfg.kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed");
+    let reader: BaseConsumer<EndsExpected> = c.create_with_context(EndsExpected)?;
     let md = reader.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();
-    for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::End)?;
+    let mut open = std::collections::HashSet::new();
+    for p in md.topics().first().map(|t| t.partitions()).unwrap_or(&[]) {
+        open.insert(p.id());
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+    }
+    let mut out = Vec::new();
+    if open.is_empty() {
+        bail!("topic {topic} has no partitions");
     }
     reader.assign(&tpl)?;
-    // Let the reader and rapport settle on their positions before sending.
-    let settle = Instant::now();
-    while settle.elapsed() < Duration::from_secs(3) {
-        reader.poll(Duration::from_millis(100));
-    }
-
-    let mut pc = client_config(cfg);
-    pc.set("partitioner", "murmur2_random")
-        .set("linger.ms", "0")
-        .set("acks", "all");
-    let producer: ThreadedProducer<DefaultProducerContext> = pc.create()?;
-    let n = (rate * seconds as f64) as u64;
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let start = Instant::now();
-    let mut sent = 0u64;
-    // The reader runs on its own thread, draining the score topic as fast as it fills, so that
-    // what is measured is rapport's delay and not the reader's.
-    let stop_reading = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader_thread = {
-        let stop = Arc::clone(&stop_reading);
-        std::thread::spawn(move || {
-            let mut lat_ms: Vec<f64> = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let Some(Ok(m)) = reader.poll(Duration::from_millis(50)) else { continue };
-                let now = app::wall_now_ms();
-                let Some(p) = m.payload() else { continue };
-                // Cheap filter before parsing: only probes' first scores count.
-                if memchr::memmem::find(p, b"\"lat-").is_none() {
-                    continue;
-                }
-                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(p) {
-                    if v["previous_score"].is_null() {
-                        if let Some(t) = v["as_of"].as_str().and_then(crate::codec::time::parse_rfc3339_ms) {
-                            lat_ms.push((now - t) as f64);
-                        }
-                    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !open.is_empty() {
+        if Instant::now() > deadline {
+            bail!("reading {topic} to its end took more than 10 minutes");
+        }
+        match reader.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
+            }
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(m)) => {
+                if let Some(p) = m.payload() {
+                    out.push(p.to_vec());
                 }
             }
-            lat_ms
-        })
-    };
-    while sent < n {
-        let due = start + interval * sent as u32;
-        if Instant::now() < due {
-            std::hint::spin_loop();
-            continue;
         }
+    }
+    Ok(out)
+}
+
+/// An alert as the comparison sees it: (account, rule, status, opened_at).
+type AlertKey = (String, String, String, String);
+
+fn alert_keys<'a>(records: impl Iterator<Item = &'a [u8]>) -> std::collections::BTreeMap<AlertKey, u32> {
+    let mut m = std::collections::BTreeMap::new();
+    for r in records {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(r) else { continue };
+        let s = |k: &str| v[k].as_str().unwrap_or("").to_owned();
+        *m.entry((s("account_id"), s("rule"), s("status"), s("opened_at"))).or_insert(0) += 1;
+    }
+    m
+}
+
+/// Alerts in `ours` and not in `theirs` and the other way round (repeats of one alert count
+/// once: at-least-once may repeat an output).
+fn alert_difference(
+    ours: &std::collections::BTreeMap<AlertKey, u32>,
+    theirs: &std::collections::BTreeMap<AlertKey, u32>,
+) -> (Vec<AlertKey>, Vec<AlertKey>) {
+    let only_ours = ours.keys().filter(|k| !theirs.contains_key(*k)).cloned().collect();
+    let only_theirs = theirs.keys().filter(|k| !ours.contains_key(*k)).cloned().collect();
+    (only_ours, only_theirs)
+}
+
+pub struct Latency {
+    pub rate: f64,
+    pub samples: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Replays the benchmark's events, restamped with the wall clock, at `rate` per second to
+/// `cfg`'s input topics while a contender runs live on them. One event in a hundred is a probe:
+/// the first usage event of a new account, which yields that account's first health score with
+/// `as_of` = the event's time. Latency = when the score is read from the output topic − `as_of`.
+/// Probes are sent until the first one comes back (the contender is live), then for `seconds`.
+fn latency_phase(cfg: &Config, lines: &[Vec<u8>], rate: f64, seconds: u64, alive: &mut dyn FnMut() -> Result<()>) -> Result<Latency> {
+    let limits = crate::codec::DecodeLimits { max_record_bytes: usize::MAX, max_id_bytes: usize::MAX };
+    let mut c = client_config(cfg);
+    c.set("group.id", format!("{}-latency", cfg.kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "5");
+    let reader: BaseConsumer = c.create()?;
+    reader.subscribe(&[cfg.kafka.output_topics.health_scores.as_str()])?;
+    let mut pc = client_config(cfg);
+    pc.set("partitioner", "murmur2_random").set("linger.ms", "0").set("acks", "all");
+    let producer: ThreadedProducer<DefaultProducerContext> = pc.create()?;
+    let t = &cfg.kafka.input_topics;
+    let send = |i: u64, probe: bool| -> bool {
         let now = app::wall_now_ms();
-        let t = &cfg.kafka.input_topics;
-        let (topic, key, payload) = if sent % 100 == 0 {
-            let account = format!("lat-{sent}");
+        let (topic, key, payload) = if probe {
+            let account = format!("lat-{i}");
             let line = format!(
-                r#"{{"event_id":"lat-{sent}","account_id":"{account}","occurred_at":"{}","type":"product_usage","user_id":"u1","feature":"reports.export"}}"#,
+                r#"{{"event_id":"lat-{i}","account_id":"{account}","occurred_at":"{}","type":"product_usage","user_id":"u1","feature":"reports.export"}}"#,
                 crate::codec::time::format_rfc3339_ms(now)
             );
             (&t.product_usage, account, line.into_bytes())
         } else {
-            let Ok(mut ev) = crate::codec::json::decode_json(&lines[sent as usize % lines.len()], &limits) else {
-                sent += 1;
-                continue;
+            let Ok(mut ev) = crate::codec::json::decode_json(&lines[i as usize % lines.len()], &limits) else {
+                return true;
             };
             ev.occurred_at_ms = now;
-            ev.event_id = format!("live-{sent}");
+            ev.event_id = format!("live-{i}");
             let mut buf = Vec::with_capacity(256);
             crate::codec::json::encode_event(&ev, &mut buf);
             let topic = match ev.body {
@@ -318,25 +625,101 @@ fn latency(cfg: &Arc<Config>, events: &Path, rate: f64, seconds: u64) -> Result<
             (topic, ev.account_id, buf)
         };
         let r: BaseRecord<'_, String, Vec<u8>> = BaseRecord::to(topic).key(&key).payload(&payload);
-        if producer.send(r).is_ok() {
+        producer.send(r).is_ok()
+    };
+    // The probe's first score, as (probe number, latency in ms).
+    let probe_of = |m: &rdkafka::message::BorrowedMessage<'_>| -> Option<(u64, f64)> {
+        let now = app::wall_now_ms();
+        let p = m.payload()?;
+        memchr::memmem::find(p, b"\"lat-")?;
+        let v: serde_json::Value = serde_json::from_slice(p).ok()?;
+        if !v["previous_score"].is_null() {
+            return None;
+        }
+        let i = v["account_id"].as_str()?.strip_prefix("lat-")?.parse().ok()?;
+        let t = v["as_of"].as_str().and_then(crate::codec::time::parse_rfc3339_ms)?;
+        Some((i, (now - t) as f64))
+    };
+    // Warm-up: one probe every 200 ms until one comes back.
+    let warm = Instant::now();
+    let mut i = 0u64;
+    'warm: loop {
+        alive()?;
+        if warm.elapsed() > Duration::from_secs(180) {
+            bail!("no probe came back within 3 minutes: the contender is not reading its inputs");
+        }
+        if !send(i, true) {
+            continue;
+        }
+        i += 1;
+        let until = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < until {
+            if let Some(Ok(m)) = reader.poll(Duration::from_millis(20)) {
+                if probe_of(&m).is_some() {
+                    break 'warm;
+                }
+            }
+        }
+    }
+    let first_measured = 1_000_000_000u64;
+    // The reader drains the score topic on its own thread, so that what is measured is the
+    // contender's delay and not the reader's.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader_thread = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut lat_ms: Vec<f64> = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Some(Ok(m)) = reader.poll(Duration::from_millis(20)) else { continue };
+                if let Some((i, ms)) = probe_of(&m) {
+                    if i >= first_measured {
+                        lat_ms.push(ms);
+                    }
+                }
+            }
+            lat_ms
+        })
+    };
+    let n = (rate * seconds as f64) as u64;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut last_check = Instant::now();
+    while sent < n {
+        let due = start + interval.mul_f64(sent as f64);
+        let now = Instant::now();
+        if now < due {
+            std::thread::sleep((due - now).min(Duration::from_millis(1)));
+            continue;
+        }
+        if last_check.elapsed() > Duration::from_secs(1) {
+            alive()?;
+            last_check = Instant::now();
+        }
+        if send(first_measured + sent, sent % 100 == 0) {
             sent += 1;
         }
     }
     producer.flush(Duration::from_secs(30))?;
-    // Give the last probes time to come back.
+    // The last probes' scores: wait until they are in or 10 s have passed.
+    let expected = n.div_ceil(100) as usize;
     let drain = Instant::now();
-    while drain.elapsed() < Duration::from_secs(5) {
+    while drain.elapsed() < Duration::from_secs(10) && !reader_thread.is_finished() {
         std::thread::sleep(Duration::from_millis(100));
+        if drain.elapsed() > Duration::from_secs(2) {
+            break;
+        }
     }
-    stop_reading.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut lat_ms = reader_thread.join().map_err(|_| anyhow::anyhow!("the reader thread panicked"))?;
-    shutdown.trigger();
-    runner
-        .join()
-        .map_err(|_| anyhow::anyhow!("the rapport thread panicked"))?
-        .context("rapport (latency run)")?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut lat_ms = reader_thread.join().map_err(|_| anyhow::anyhow!("the latency reader panicked"))?;
     if lat_ms.is_empty() {
         bail!("no health scores came back for the latency probes");
+    }
+    if lat_ms.len() < expected / 2 {
+        bail!(
+            "only {} of {expected} probes came back: the contender cannot keep up with {rate:.0} events/s",
+            lat_ms.len()
+        );
     }
     lat_ms.sort_by(f64::total_cmp);
     let q = |x: f64| lat_ms[((lat_ms.len() - 1) as f64 * x).round() as usize];
@@ -347,6 +730,274 @@ fn latency(cfg: &Arc<Config>, events: &Path, rate: f64, seconds: u64) -> Result<
         p99_ms: q(0.99),
         max_ms: *lat_ms.last().unwrap(),
     })
+}
+
+/// A latency measurement on fresh, empty input topics, with the contender started live on
+/// them (rapport: wall-clock timers, as in production).
+fn measure_latency(
+    b: &KafkaBench,
+    base: &Config,
+    contender: Contender,
+    lines: &[Vec<u8>],
+    rate: f64,
+    dir: &Path,
+    topics: &mut Vec<String>,
+) -> Result<Latency> {
+    let live_dir = dir.join(format!("live-{}", contender.tag()));
+    std::fs::create_dir_all(&live_dir)?;
+    let cfg = with_outputs(
+        &with_inputs(base, &format!("live-{}-{}", contender.tag(), app::wall_now_ms())),
+        contender.tag(),
+    );
+    crate::topics::create_named(
+        &cfg,
+        &cfg.kafka.input_topics.all().iter().map(|t| (t.to_string(), cfg.engine.partitions as i32)).collect::<Vec<_>>(),
+        &[],
+    )?;
+    if !contender.is_peer() {
+        crate::topics::create(&cfg)?;
+    }
+    topics.extend(topic_names(&cfg));
+    if contender.is_peer() {
+        let c = peer_topics(&cfg, contender)?;
+        let log = live_dir.join("peer.log");
+        let mut child = peer_command(&b.peer, &c, contender, u64::MAX / 2, &live_dir.join("state"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        let mut alive = || -> Result<()> {
+            if let Some(s) = child.try_wait()? {
+                bail!("the Kafka Streams peer exited ({s}); its log is {}", log.display());
+            }
+            Ok(())
+        };
+        let lat = latency_phase(&c, lines, rate, b.latency_seconds, &mut alive);
+        let _ = child.kill();
+        let _ = child.wait();
+        lat
+    } else {
+        let mut c = cfg.clone();
+        let port = free_port()?;
+        c.telemetry.listen = format!("127.0.0.1:{port}");
+        c.store.data_dir = live_dir.join("data");
+        c.kafka.create_topics = true;
+        c.engine.timer_clock = TimerClock::Wall;
+        let (mut child, log) = spawn_self(&["run", "--quiet"], &c, &live_dir, "rapport")?;
+        let mut alive = || -> Result<()> {
+            if let Some(s) = child.try_wait()? {
+                bail!("rapport exited during the latency run ({s}); its log is {}", log.display());
+            }
+            Ok(())
+        };
+        let lat = latency_phase(&c, lines, rate, b.latency_seconds, &mut alive);
+        terminate(&child);
+        let _ = child.wait();
+        lat
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.0}", bytes as f64 / (1 << 20) as f64)
+}
+
+/// The table of `rows`: ratios to the raw-consume row when there is one.
+pub fn table(rows: &[Row]) -> Table {
+    let raw = rows.iter().find(|r| r.contender == Contender::Raw).map(Row::events_per_second);
+    let mut t = Table::new();
+    t.load_style(UTF8_FULL_CONDENSED).set_header(vec![
+        "contender",
+        "events",
+        "seconds",
+        "events/s",
+        "CPU s per M events",
+        "peak RSS MiB",
+        "latency p50 / p99 ms",
+        "ratio to raw",
+    ]);
+    let right = |s: String| Cell::new(s).set_alignment(CellAlignment::Right);
+    for r in rows {
+        let eps = r.events_per_second();
+        t.add_row(vec![
+            Cell::new(r.contender.label()),
+            right(r.events.to_string()),
+            right(format!("{:.2}", r.seconds)),
+            right(format!("{eps:.0}")),
+            right(format!("{:.1}", r.cpu_seconds / (r.events.max(1) as f64 / 1e6))),
+            right(mib(r.peak_rss)),
+            right(r.latency.as_ref().map_or("—".into(), |l| format!("{:.0} / {:.0}", l.p50_ms, l.p99_ms))),
+            right(raw.map_or("—".into(), |raw| format!("{:.2}", eps / raw))),
+        ]);
+    }
+    t
+}
+
+/// The outcome of one `rapport bench kafka` run.
+pub struct KafkaBenchResult {
+    pub rows: Vec<Row>,
+    /// (contender, alerts only rapport raised, alerts only the contender raised, rapport's count).
+    pub alert_checks: Vec<(Contender, usize, usize, usize)>,
+}
+
+/// `rapport bench kafka`: on the local broker and the same pre-produced topic data, runs each
+/// contender to completion (each with its own group, state and output topics), then measures
+/// each one's event-to-output latency at one fixed input rate, and checks that every rapport
+/// row and the Kafka Streams peer raised the same alerts as the embedded run.
+pub fn kafka(base: &Config, b: &KafkaBench, out: &mut dyn std::io::Write) -> Result<KafkaBenchResult> {
+    let mut contenders = b.contenders.clone();
+    contenders.sort();
+    contenders.dedup();
+    if contenders.iter().any(|c| c.is_peer()) && !b.peer.exists() {
+        bail!(
+            "the Kafka Streams peer's launcher {} does not exist; run from the repository root or pass --peer benches/peers/kafka-streams/run.sh",
+            b.peer.display()
+        );
+    }
+    let dir = tempfile::Builder::new().prefix("rapport-bench-").tempdir_in(std::env::temp_dir())?;
+    let mut base = base.clone();
+    base.mode = crate::config::Mode::Kafka;
+    base.telemetry.listen = String::new();
+    base.kafka.output_partitions = base.engine.partitions as u32;
+    let stamp = app::wall_now_ms();
+    let json = with_inputs(&base, &format!("bench-{stamp}"));
+    let mut topics = topic_names(&json);
+    let wanted_inputs = |c: &Config| -> Vec<(String, i32)> {
+        c.kafka.input_topics.all().iter().map(|t| (t.to_string(), c.engine.partitions as i32)).collect()
+    };
+    crate::topics::create_named(&json, &wanted_inputs(&json), KEEP)?;
+    let (file, total) = generate_events(b.accounts, b.events, dir.path())?;
+    let t0 = Instant::now();
+    app::produce(&json, &file, WireFormat::Json, true)?;
+    writeln!(out, "Produced {total} events ({} accounts) as JSON in {:.1} s.", b.accounts, t0.elapsed().as_secs_f64())?;
+    let proto = with_inputs(&base, &format!("bench-{stamp}-pb"));
+    if contenders.iter().any(|c| c.reads_protobuf()) {
+        crate::topics::create_named(&proto, &wanted_inputs(&proto), KEEP)?;
+        topics.extend(topic_names(&proto));
+        let t0 = Instant::now();
+        app::produce(&proto, &file, WireFormat::Protobuf, true)?;
+        writeln!(out, "Produced them again as protobuf in {:.1} s.", t0.elapsed().as_secs_f64())?;
+    }
+
+    let mut rows = Vec::new();
+    let mut reference: Option<std::collections::BTreeMap<AlertKey, u32>> = None;
+    let mut to_check: Vec<(Contender, Config)> = Vec::new();
+    for &c in &contenders {
+        writeln!(out, "Running: {} …", c.label())?;
+        let row = match c {
+            Contender::Raw => run_raw(&json, total, dir.path())?,
+            Contender::KafkaJson | Contender::KafkaProtobuf => {
+                let inputs = if c.reads_protobuf() { &proto } else { &json };
+                let row = run_rapport_kafka(inputs, c, total, dir.path())?;
+                let outs = with_outputs(inputs, c.tag());
+                topics.extend(topic_names(&outs));
+                to_check.push((c, outs));
+                row
+            }
+            Contender::Embedded => {
+                let (row, outputs) = run_embedded(&json, &file, total, dir.path())?;
+                let text = std::fs::read(outputs.join("churn_alerts.ndjson"))?;
+                reference = Some(alert_keys(text.split(|&b| b == b'\n').filter(|l| !l.is_empty())));
+                row
+            }
+            Contender::StreamsAlos | Contender::StreamsEos => {
+                let (row, outs) = run_peer(&b.peer, &json, c, total, dir.path())?;
+                topics.extend(topic_names(&outs));
+                topics.push(format!("{}-", outs.kafka.group_id)); // internal topics are listed below
+                to_check.push((c, outs));
+                row
+            }
+        };
+        writeln!(out, "  {} events in {:.2} s: {:.0} events/s.", row.events, row.seconds, row.events_per_second())?;
+        rows.push(row);
+    }
+
+    // Alerts: every contender against the embedded run (or, without one, against rapport in
+    // Kafka mode on JSON).
+    let mut alert_checks = Vec::new();
+    if reference.is_none() {
+        if let Some((_, cfg)) = to_check.iter().find(|(c, _)| *c == Contender::KafkaJson) {
+            let recs = read_topic(cfg, &cfg.kafka.output_topics.churn_alerts)?;
+            reference = Some(alert_keys(recs.iter().map(Vec::as_slice)));
+        }
+    }
+    if let Some(reference) = &reference {
+        for (c, cfg) in &to_check {
+            let recs = read_topic(cfg, &cfg.kafka.output_topics.churn_alerts)?;
+            let theirs = alert_keys(recs.iter().map(Vec::as_slice));
+            let (only_ours, only_theirs) = alert_difference(reference, &theirs);
+            alert_checks.push((*c, only_ours.len(), only_theirs.len(), reference.len()));
+            for k in only_ours.iter().take(3) {
+                writeln!(out, "  only rapport: {k:?}")?;
+            }
+            for k in only_theirs.iter().take(3) {
+                writeln!(out, "  only {}: {k:?}", c.tag())?;
+            }
+        }
+    }
+
+    // Latency at one fixed rate for every contender that produces outputs.
+    if b.latency_seconds > 0 {
+        let max = rows
+            .iter()
+            .find(|r| r.contender == Contender::KafkaJson)
+            .map(|r| r.events_per_second());
+        let rate = b.latency_rate.or(max.map(|m| m / 2.0)).unwrap_or(5000.0).max(100.0);
+        use std::io::BufRead;
+        let lines: Vec<Vec<u8>> = std::io::BufReader::new(std::fs::File::open(&file)?)
+            .split(b'\n')
+            .take(((rate * b.latency_seconds as f64) as usize + 1).min(2_000_000))
+            .collect::<std::io::Result<_>>()?;
+        for row in rows.iter_mut() {
+            if matches!(row.contender, Contender::Raw | Contender::Embedded) {
+                continue;
+            }
+            writeln!(out, "Latency at {rate:.0} events/s for {} s: {} …", b.latency_seconds, row.contender.label())?;
+            match measure_latency(b, &base, row.contender, &lines, rate, dir.path(), &mut topics) {
+                Ok(l) => {
+                    writeln!(out, "  p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} probes).", l.p50_ms, l.p99_ms, l.max_ms, l.samples)?;
+                    row.latency = Some(l);
+                }
+                Err(e) => writeln!(out, "  not measured: {e:#}")?,
+            }
+        }
+    }
+
+    writeln!(out, "{}", table(&rows))?;
+    writeln!(
+        out,
+        "Seconds: from each contender's first record read to its last one processed with every output acknowledged (embedded: the whole run). CPU: the whole process, start-up included. Latency: event to health-score output read back, at one input rate for all."
+    )?;
+    for (c, only_ours, only_theirs, n) in &alert_checks {
+        if *only_ours == 0 && *only_theirs == 0 {
+            writeln!(out, "Alerts of {}: the same {n} as rapport's embedded run.", c.label())?;
+        } else {
+            writeln!(
+                out,
+                "Alerts of {}: {only_ours} of rapport's {n} missing, {only_theirs} that rapport did not raise.",
+                c.label()
+            )?;
+        }
+    }
+    // Clean-up: the benchmark's topics, and the peer's internal ones (named after its
+    // application id, the group id here).
+    let peer_apps: Vec<String> = topics.iter().filter_map(|t| t.strip_suffix('-').map(str::to_owned)).collect();
+    topics.retain(|t| !t.ends_with('-'));
+    if !peer_apps.is_empty() {
+        let c: BaseConsumer = client_config(&base).create()?;
+        if let Ok(md) = c.fetch_metadata(None, Duration::from_secs(10)) {
+            for t in md.topics() {
+                if peer_apps.iter().any(|a| t.name().starts_with(&format!("{a}-"))) {
+                    topics.push(t.name().to_owned());
+                }
+            }
+        }
+    }
+    topics.sort();
+    topics.dedup();
+    if let Err(e) = crate::topics::delete(&base, &topics) {
+        writeln!(out, "Could not delete the benchmark's topics: {e}")?;
+    }
+    Ok(KafkaBenchResult { rows, alert_checks })
 }
 
 // --- rapport bench scale ------------------------------------------------------------------------
@@ -601,5 +1252,84 @@ pub fn scale(base: &Config, b: &ScaleBench, out: &mut dyn std::io::Write) -> Res
             b.session_timeout_ms
         )?;
     }
+    Ok(())
+}
+
+// --- rapport bench curve ------------------------------------------------------------------------
+
+pub struct CurveBench {
+    pub accounts: Vec<usize>,
+    pub events: Vec<u64>,
+    pub contenders: Vec<Contender>,
+    pub peer: PathBuf,
+    pub csv: PathBuf,
+}
+
+/// `rapport bench curve`: `bench kafka` (no latency phase) at every size; one table of
+/// events/s and peak RSS per contender and size, each contender's throughput also as a ratio to
+/// its own at the smallest account count with the same event count; the same figures as CSV.
+pub fn curve(base: &Config, c: &CurveBench, out: &mut dyn std::io::Write) -> Result<()> {
+    let mut points: Vec<(usize, u64, Vec<Row>)> = Vec::new();
+    let mut csv = String::from("accounts,events,contender,events_per_second,cpu_seconds_per_million,peak_rss_mib\n");
+    for &events in &c.events {
+        for &accounts in &c.accounts {
+            writeln!(out, "== {accounts} accounts, {events} events ==")?;
+            let b = KafkaBench {
+                accounts,
+                events,
+                contenders: c.contenders.clone(),
+                latency_seconds: 0,
+                latency_rate: None,
+                peer: c.peer.clone(),
+            };
+            let r = kafka(base, &b, out)?;
+            for row in &r.rows {
+                csv.push_str(&format!(
+                    "{accounts},{events},{},{:.0},{:.2},{:.0}\n",
+                    row.contender.tag(),
+                    row.events_per_second(),
+                    row.cpu_seconds / (row.events.max(1) as f64 / 1e6),
+                    row.peak_rss as f64 / (1 << 20) as f64
+                ));
+            }
+            std::fs::write(&c.csv, &csv)?;
+            points.push((accounts, events, r.rows));
+        }
+    }
+    let mut contenders = c.contenders.clone();
+    contenders.sort();
+    contenders.dedup();
+    let mut t = Table::new();
+    let mut header = vec!["accounts".to_owned(), "events".to_owned()];
+    for k in &contenders {
+        header.push(format!("{} events/s (ratio) · RSS MiB", k.tag()));
+    }
+    t.load_style(UTF8_FULL_CONDENSED).set_header(header);
+    let right = |s: String| Cell::new(s).set_alignment(CellAlignment::Right);
+    for (accounts, events, rows) in &points {
+        let smallest = points
+            .iter()
+            .filter(|(_, e, _)| e == events)
+            .min_by_key(|(a, _, _)| *a)
+            .map(|(_, _, r)| r);
+        let mut cells = vec![right(accounts.to_string()), right(events.to_string())];
+        for k in &contenders {
+            let row = rows.iter().find(|r| r.contender == *k);
+            let base_eps = smallest
+                .and_then(|rs| rs.iter().find(|r| r.contender == *k))
+                .map(Row::events_per_second);
+            cells.push(right(row.map_or("—".into(), |r| {
+                format!(
+                    "{:.0} ({}) · {}",
+                    r.events_per_second(),
+                    base_eps.map_or("—".into(), |b| format!("{:.2}", r.events_per_second() / b)),
+                    mib(r.peak_rss)
+                )
+            })));
+        }
+        t.add_row(cells);
+    }
+    writeln!(out, "{t}")?;
+    writeln!(out, "Ratio: events/s against the same contender at the fewest accounts with the same event count. CSV: {}", c.csv.display())?;
     Ok(())
 }

@@ -88,23 +88,56 @@ enum BenchWhat {
         #[arg(long, default_value_t = 6000)]
         session_timeout_ms: u64,
     },
-    /// Raw consume vs rapport in Kafka mode on the same pre-produced topics, then latency at half
-    /// of rapport's maximum rate. Uses fresh, uniquely named topics on the configured broker.
+    /// Contenders side by side on the same pre-produced topics of the configured broker: raw
+    /// librdkafka consume, rapport in Kafka mode (JSON and protobuf input), rapport embedded on the
+    /// same events from a file, and the Kafka Streams peer (at-least-once and exactly_once_v2);
+    /// then each one's latency at one fixed input rate. Prints one table.
     Kafka {
         #[command(flatten)]
         common: CommonArgs,
         #[arg(long, default_value_t = 100_000)]
         accounts: usize,
-        #[arg(long, default_value_t = 5_000_000)]
+        #[arg(long, default_value_t = 1_000_000)]
         events: u64,
-        #[arg(long, value_enum, default_value_t = app::WireFormat::Json)]
-        format: app::WireFormat,
-        /// Seconds of steady input for the latency measurement.
+        /// Contenders to run, comma-separated (default: all).
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = rapport::bench::Contender::ALL)]
+        contenders: Vec<rapport::bench::Contender>,
+        /// Seconds of steady input for each latency measurement (0: none).
         #[arg(long, default_value_t = 20)]
         latency_seconds: u64,
-        /// Events/s of the latency measurement (default: half of rapport's measured maximum).
+        /// Events/s of the latency measurements (default: half of rapport's measured maximum).
         #[arg(long)]
         latency_rate: Option<f64>,
+        /// The Kafka Streams peer's launcher.
+        #[arg(long, default_value = "benches/peers/kafka-streams/run.sh")]
+        peer: PathBuf,
+    },
+    /// The curve: `bench kafka` at every combination of account and event counts; one table of
+    /// throughput and peak memory per contender and size, also written as CSV.
+    Curve {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+        accounts: Vec<usize>,
+        #[arg(long, value_delimiter = ',', default_value = "1000000,10000000")]
+        events: Vec<u64>,
+        /// Contenders to run, comma-separated (default: all).
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = rapport::bench::Contender::ALL)]
+        contenders: Vec<rapport::bench::Contender>,
+        #[arg(long, default_value = "benches/peers/kafka-streams/run.sh")]
+        peer: PathBuf,
+        /// Where to write the curve's CSV.
+        #[arg(long, default_value = "bench-curve.csv")]
+        csv: PathBuf,
+    },
+    /// Reads every record of the configured input topics and discards it; prints one JSON line
+    /// (the raw-consume contender of `bench kafka`).
+    #[command(hide = true)]
+    RawConsume {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[arg(long)]
+        expect: u64,
     },
 }
 
@@ -242,6 +275,10 @@ struct ProduceArgs {
     /// Wire format of the records.
     #[arg(long, value_enum, default_value_t = app::WireFormat::Json)]
     format: app::WireFormat,
+    /// Stamp each record with its event's occurred_at instead of the time it is sent (the
+    /// topics' time-based retention then applies to event times).
+    #[arg(long)]
+    event_time: bool,
 }
 
 #[derive(Args)]
@@ -481,17 +518,34 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             rapport::bench::scale(&cfg, &b, &mut std::io::stdout())?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Bench { what: BenchWhat::Kafka { common, accounts, events, format, latency_seconds, latency_rate } } => {
+        Cmd::Bench { what: BenchWhat::Kafka { common, accounts, events, contenders, latency_seconds, latency_rate, peer } } => {
             let cfg = load(&common)?;
             telemetry::init_logs(&cfg.telemetry.log_format);
-            let b = rapport::bench::KafkaBench { accounts, events, format, latency_seconds, latency_rate };
-            rapport::bench::kafka(&cfg, &b, &mut std::io::stdout())?;
+            let b = rapport::bench::KafkaBench { accounts, events, contenders, latency_seconds, latency_rate, peer };
+            let r = rapport::bench::kafka(&cfg, &b, &mut std::io::stdout())?;
+            if r.alert_checks.iter().any(|(_, a, b, _)| *a + *b > 0) {
+                eprintln!("error: a contender's alerts differ from rapport's (listed above); its figures do not compare like with like.");
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench { what: BenchWhat::Curve { common, accounts, events, contenders, peer, csv } } => {
+            let cfg = load(&common)?;
+            telemetry::init_logs(&cfg.telemetry.log_format);
+            let c = rapport::bench::CurveBench { accounts, events, contenders, peer, csv };
+            rapport::bench::curve(&cfg, &c, &mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench { what: BenchWhat::RawConsume { common, expect } } => {
+            let cfg = load(&common)?;
+            let secs = rapport::bench::raw_consume(&cfg, expect)?;
+            println!("{}", serde_json::json!({ "records": expect, "seconds": secs }));
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Produce(a) => {
             let cfg = load(&a.common)?;
             telemetry::init_logs(&cfg.telemetry.log_format);
-            let n = app::produce(&cfg, &a.input, a.format)?;
+            let n = app::produce(&cfg, &a.input, a.format, a.event_time)?;
             println!(
                 "Sent {n} records to the input topics at {}.",
                 cfg.kafka.brokers

@@ -66,7 +66,16 @@ pub fn wanted(cfg: &Config) -> Vec<(String, i32)> {
 
 /// Creates the missing topics. Returns (topic, partitions, "created" | "exists" | error).
 pub fn create(cfg: &Config) -> Result<Vec<(String, i32, String)>, TopicError> {
-    let wanted = wanted(cfg);
+    create_named(cfg, &wanted(cfg), &[])
+}
+
+/// Creates the missing topics of `wanted` (name, partitions) on the configured broker; the
+/// configured changelog topic, if among them, is compacted; the others get `configs`.
+pub fn create_named(
+    cfg: &Config,
+    wanted: &[(String, i32)],
+    configs: &[(&str, &str)],
+) -> Result<Vec<(String, i32, String)>, TopicError> {
     let names: Vec<&str> = wanted.iter().map(|(t, _)| t.as_str()).collect();
     let existing = partition_counts(cfg, &names)?;
     let admin: AdminClient<DefaultClientContext> =
@@ -94,7 +103,7 @@ pub fn create(cfg: &Config) -> Result<Vec<(String, i32, String)>, TopicError> {
                     .set("delete.retention.ms", "86400000")
                     .set("min.compaction.lag.ms", "0")
             } else {
-                topic
+                configs.iter().fold(topic, |t, (k, v)| t.set(k, v))
             }
         })
         .collect();
@@ -134,6 +143,23 @@ pub fn create(cfg: &Config) -> Result<Vec<(String, i32, String)>, TopicError> {
     }
     results.sort();
     Ok(results)
+}
+
+/// Deletes topics (those that do not exist are ignored): benchmark clean-up.
+pub fn delete(cfg: &Config, names: &[String]) -> Result<(), TopicError> {
+    let unreachable = |e: rdkafka::error::KafkaError| TopicError::Unreachable {
+        brokers: cfg.kafka.brokers.clone(),
+        reason: e.to_string(),
+    };
+    let admin: AdminClient<DefaultClientContext> = client_config(cfg).create().map_err(unreachable)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| TopicError::Invalid(e.to_string()))?;
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    rt.block_on(admin.delete_topics(&names, &opts)).map_err(unreachable)?;
+    Ok(())
 }
 
 /// Waits until the broker's metadata shows every topic just created with all its partitions:

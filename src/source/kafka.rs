@@ -22,6 +22,7 @@
 //! the batch being filled are dropped (the new owner reads them from the changelog's
 //! checkpoint). Its local state stays here: it may come back.
 
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -275,9 +276,9 @@ pub struct KafkaSource {
     paused: bool,
     last_group_commit: Instant,
     /// Latest position handed out per key index, for the group commit.
-    handed: HashMap<u32, i64>,
+    handed: FxHashMap<u32, i64>,
     /// Next offset to fetch per key index (what is buffered counts as fetched).
-    fetched: HashMap<u32, i64>,
+    fetched: FxHashMap<u32, i64>,
     /// Fetched records not yet handed out, per key index.
     pending: Vec<std::collections::VecDeque<Pending>>,
     buffered: usize,
@@ -288,7 +289,9 @@ pub struct KafkaSource {
     /// librdkafka's cached watermarks may still be the ones from an earlier time the partition
     /// was ours, far behind, and would make it look read to its end (merging and wall-clock
     /// timers would then run ahead of data not fetched yet).
-    known_high: HashMap<u32, i64>,
+    known_high: FxHashMap<u32, i64>,
+    /// Account partitions per input topic (key index = topic index × this + partition).
+    partitions: u32,
 }
 
 /// The group consumer's settings: membership (static when `group_instance_id` is set), the
@@ -371,15 +374,16 @@ impl KafkaSource {
             ownership,
             paused: false,
             last_group_commit: Instant::now(),
-            handed: HashMap::new(),
-            fetched: HashMap::new(),
+            handed: FxHashMap::default(),
+            fetched: FxHashMap::default(),
             pending: (0..n_keys)
                 .map(|_| std::collections::VecDeque::new())
                 .collect(),
             buffered: 0,
             blocked_since: HashMap::new(),
             merge_wait: Duration::from_millis(cfg.kafka.merge_wait_ms),
-            known_high: HashMap::new(),
+            known_high: FxHashMap::default(),
+            partitions: cfg.engine.partitions as u32,
         })
     }
 
@@ -693,18 +697,31 @@ impl Source for KafkaSource {
         let deadline = Instant::now() + wait;
         self.ownership.lock().unwrap().revoked_since_poll = false;
         self.serve_group(Duration::ZERO);
-        // 1. Fetch into the per-topic-partition queues.
+        // 1. Fetch into the per-topic-partition queues. Once something is buffered, more is
+        //    waited for (briefly, within the batch's time budget) only while the broker holds
+        //    records not fetched yet: catching up, batches fill to `max` instead of handing out
+        //    each fetch response's few hundred records; live, a batch goes as soon as the
+        //    fetched records are in.
+        let mut linger = false;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let timeout = if self.buffered == 0 {
                 left
+            } else if linger {
+                left.min(Duration::from_millis(2))
             } else {
                 Duration::ZERO
             };
             match self.consumer.poll(timeout) {
                 None => {
-                    if self.buffered > 0 || Instant::now() >= deadline {
+                    if Instant::now() >= deadline {
                         break;
+                    }
+                    if self.buffered > 0 {
+                        linger = self.more_to_fetch();
+                        if !linger {
+                            break;
+                        }
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
@@ -715,7 +732,7 @@ impl Source for KafkaSource {
                     }
                 }
                 Some(Ok(m)) => {
-                    let Some(&idx) = self.index.get(&(m.topic().to_owned(), m.partition())) else {
+                    let Some(idx) = self.index_of(m.topic(), m.partition()) else {
                         continue;
                     };
                     self.fetched.insert(idx, m.offset() + 1);
@@ -780,15 +797,18 @@ impl KafkaSource {
         let idxs: Vec<u32> = self
             .topics
             .iter()
-            .filter_map(|t| self.index.get(&(t.clone(), p as i32)).copied())
+            .filter_map(|t| self.index_of(t, p as i32))
             .collect();
+        // Whether each topic's queue may still get records: watermarks and fetch positions do
+        // not change while records are handed out, so each is asked once per merge.
+        let mut drained: [Option<bool>; 4] = [None; 4];
         loop {
             if batch.records.len() >= max {
                 return;
             }
             let mut best: Option<u32> = None;
             let mut blocked = false;
-            for &idx in &idxs {
+            for (j, &idx) in idxs.iter().enumerate() {
                 match self.pending[idx as usize].front() {
                     Some(r) => {
                         if best.is_none_or(|b| r.timestamp < self.pending[b as usize][0].timestamp)
@@ -796,7 +816,7 @@ impl KafkaSource {
                             best = Some(idx);
                         }
                     }
-                    None => blocked |= !self.drained(idx),
+                    None => blocked |= !*drained[j].get_or_insert_with(|| self.drained(idx)),
                 }
             }
             let Some(idx) = best else {
@@ -828,14 +848,31 @@ impl KafkaSource {
         }
     }
 
+    /// The key index of an input topic partition (no allocation: called per record).
+    fn index_of(&self, topic: &str, partition: i32) -> Option<u32> {
+        let t = self.topics.iter().position(|t| t == topic)? as u32;
+        (partition >= 0 && (partition as u32) < self.partitions).then(|| t * self.partitions + partition as u32)
+    }
+
+    /// Whether some active partition's topic has records the broker holds and we have not
+    /// fetched yet.
+    fn more_to_fetch(&self) -> bool {
+        let owned: Vec<u16> = self.ownership.lock().unwrap().owned.iter().copied().collect();
+        owned.iter().any(|&p| {
+            self.topics
+                .iter()
+                .filter_map(|t| self.index_of(t, p as i32))
+                .any(|idx| !self.drained(idx))
+        })
+    }
+
     /// librdkafka's cached (low, high) watermarks, the high one at least what the broker said
     /// when the partition was activated.
     fn watermarks(&self, topic: &str, partition: i32) -> Option<(i64, i64)> {
         let (low, high) = cached_watermarks(&self.consumer, topic, partition)?;
         let known = self
-            .index
-            .get(&(topic.to_owned(), partition))
-            .and_then(|i| self.known_high.get(i))
+            .index_of(topic, partition)
+            .and_then(|i| self.known_high.get(&i))
             .copied()
             .unwrap_or(high);
         Some((low, high.max(known)))
