@@ -284,6 +284,12 @@ pub struct KafkaSource {
     buffered: usize,
     /// When each partition's merge began waiting for an empty topic.
     blocked_since: HashMap<u16, Instant>,
+    /// When the last poll returned: the time between polls (processing) does not count as
+    /// waiting for a topic (its records may be queued in librdkafka all along).
+    last_poll_end: Option<Instant>,
+    /// The last poll handed out nothing though records were buffered: every partition's merge
+    /// waits for a topic. The next poll then waits for records instead of returning at once.
+    starved: bool,
     merge_wait: Duration,
     /// End offsets read from the broker when a partition was activated, per key index:
     /// librdkafka's cached watermarks may still be the ones from an earlier time the partition
@@ -381,6 +387,8 @@ impl KafkaSource {
                 .collect(),
             buffered: 0,
             blocked_since: HashMap::new(),
+            last_poll_end: None,
+            starved: false,
             merge_wait: Duration::from_millis(cfg.kafka.merge_wait_ms),
             known_high: FxHashMap::default(),
             partitions: cfg.engine.partitions as u32,
@@ -695,6 +703,12 @@ impl Source for KafkaSource {
         batch: &mut InputBatch,
     ) -> Result<Poll, SourceError> {
         let deadline = Instant::now() + wait;
+        if let Some(end) = self.last_poll_end {
+            let outside = end.elapsed();
+            for since in self.blocked_since.values_mut() {
+                *since += outside;
+            }
+        }
         self.ownership.lock().unwrap().revoked_since_poll = false;
         self.serve_group(Duration::ZERO);
         // 1. Fetch into the per-topic-partition queues. Once something is buffered, more is
@@ -702,12 +716,16 @@ impl Source for KafkaSource {
         //    records not fetched yet: catching up, batches fill to `max` instead of handing out
         //    each fetch response's few hundred records; live, a batch goes as soon as the
         //    fetched records are in.
+        //    Whatever librdkafka has ready is taken even past `max` (up to `cap`): its queue is
+        //    one line for every partition, and a topic the merge waits for may have its records
+        //    queued behind the others'; taking only `max` each turn would starve it.
+        let cap = max.saturating_mul(8);
         let mut linger = false;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let timeout = if self.buffered == 0 {
+            let timeout = if self.buffered == 0 || self.starved {
                 left
-            } else if linger {
+            } else if linger && self.buffered < max {
                 left.min(Duration::from_millis(2))
             } else {
                 Duration::ZERO
@@ -715,6 +733,12 @@ impl Source for KafkaSource {
             match self.consumer.poll(timeout) {
                 None => {
                     if Instant::now() >= deadline {
+                        break;
+                    }
+                    if self.starved {
+                        continue;
+                    }
+                    if self.buffered >= max {
                         break;
                     }
                     if self.buffered > 0 {
@@ -736,6 +760,7 @@ impl Source for KafkaSource {
                         continue;
                     };
                     self.fetched.insert(idx, m.offset() + 1);
+                    self.starved = false;
                     self.pending[idx as usize].push_back(Pending {
                         offset: m.offset(),
                         timestamp: m.timestamp().to_millis().unwrap_or(i64::MIN),
@@ -744,7 +769,7 @@ impl Source for KafkaSource {
                     self.buffered += 1;
                 }
             }
-            if self.buffered >= max {
+            if self.buffered >= cap {
                 break;
             }
         }
@@ -773,6 +798,8 @@ impl Source for KafkaSource {
                 break;
             }
         }
+        self.starved = batch.records.is_empty() && self.buffered > 0;
+        self.last_poll_end = Some(Instant::now());
         Ok(if batch.records.is_empty() {
             Poll::Idle
         } else {
