@@ -499,7 +499,9 @@ struct EndsExpected;
 
 impl rdkafka::ClientContext for EndsExpected {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        if !matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+        use rdkafka::error::KafkaError;
+        use rdkafka::types::RDKafkaErrorCode;
+        if !matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
             tracing::warn!(error = %error, reason, "Kafka client error while reading back outputs.");
         }
     }
@@ -914,9 +916,12 @@ pub fn kafka(base: &Config, b: &KafkaBench, out: &mut dyn std::io::Write) -> Res
     // Alerts: every contender against the embedded run (or, without one, against rapport in
     // Kafka mode on JSON).
     let mut alert_checks = Vec::new();
+    let mut reference_name = "rapport's embedded run";
     if reference.is_none() {
-        if let Some((_, cfg)) = to_check.iter().find(|(c, _)| *c == Contender::KafkaJson) {
-            let recs = read_topic(cfg, &cfg.kafka.output_topics.churn_alerts)?;
+        reference_name = "rapport's Kafka-mode JSON run";
+        if let Some(i) = to_check.iter().position(|(c, _)| *c == Contender::KafkaJson) {
+            let (_, cfg) = to_check.remove(i);
+            let recs = read_topic(&cfg, &cfg.kafka.output_topics.churn_alerts)?;
             reference = Some(alert_keys(recs.iter().map(Vec::as_slice)));
         }
     }
@@ -969,11 +974,11 @@ pub fn kafka(base: &Config, b: &KafkaBench, out: &mut dyn std::io::Write) -> Res
     )?;
     for (c, only_ours, only_theirs, n) in &alert_checks {
         if *only_ours == 0 && *only_theirs == 0 {
-            writeln!(out, "Alerts of {}: the same {n} as rapport's embedded run.", c.label())?;
+            writeln!(out, "Alerts of {}: the same {n} as {reference_name}.", c.label())?;
         } else {
             writeln!(
                 out,
-                "Alerts of {}: {only_ours} of rapport's {n} missing, {only_theirs} that rapport did not raise.",
+                "Alerts of {}: {only_ours} of the {n} of {reference_name} missing, {only_theirs} that it did not raise.",
                 c.label()
             )?;
         }

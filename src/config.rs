@@ -82,7 +82,8 @@ pub struct KafkaConfig {
     /// "json" (the contract) or "protobuf" (`rapport.v1.HealthScoreChanged`, `ChurnAlert`).
     pub output_format: String,
     /// Records of one partition's four topics are processed in record-timestamp order; a topic
-    /// with nothing fetched holds the others back at most this long (unless it is read to its end).
+    /// with nothing fetched holds the others back until it is read to its end, or for at most
+    /// this long spent waiting for it (time processing other records does not count).
     pub merge_wait_ms: u64,
     /// Compacted topic that every committed batch's changed account states, dedup marks and
     /// input positions are written to (co-partitioned with the inputs), so that a partition's

@@ -85,7 +85,8 @@ impl ChangelogReader {
             .set("enable.partition.eof", "true")
             .set("fetch.wait.max.ms", "100")
             .set("fetch.max.bytes", "52428800")
-            .set("max.partition.fetch.bytes", "10485760");
+            .set("max.partition.fetch.bytes", "10485760")
+            .set("fetch.queue.backoff.ms", crate::source::kafka::FETCH_QUEUE_BACKOFF_MS);
         let consumer = c.create_with_context(ReaderContext).map_err(|e| {
             SourceError::Config(format!(
                 "cannot create the changelog consumer: {e}. Check the kafka section of the config."

@@ -287,6 +287,10 @@ pub struct KafkaSource {
     /// When the last poll returned: the time between polls (processing) does not count as
     /// waiting for a topic (its records may be queued in librdkafka all along).
     last_poll_end: Option<Instant>,
+    /// Topic partitions (key index) whose fetching is paused because their buffer is full: the
+    /// fetcher then brings what the merge waits for instead of more of what it has plenty of
+    /// (Kafka Streams' buffered.records.per.partition).
+    full: BTreeSet<u32>,
     /// The last poll handed out nothing though records were buffered: every partition's merge
     /// waits for a topic. The next poll then waits for records instead of returning at once.
     starved: bool,
@@ -299,6 +303,13 @@ pub struct KafkaSource {
     /// Account partitions per input topic (key index = topic index × this + partition).
     partitions: u32,
 }
+
+/// How long librdkafka waits before fetching a partition again once its local queue is over
+/// `queued.min.messages` (its default, 1000 ms, counts the one consumer queue that every
+/// partition is forwarded to: while a batch is processed the queue fills, and every partition
+/// then stops being fetched for a second, which left rapport waiting for its input most of the
+/// time while catching up).
+pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
 /// The group consumer's settings: membership (static when `group_instance_id` is set), the
 /// rebalance protocol, and no reading.
@@ -348,6 +359,9 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest");
+        if !cfg.kafka.client.contains_key("fetch.queue.backoff.ms") {
+            c.set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
+        }
         let consumer: BaseConsumer<ReaderContext> =
             c.create_with_context(ReaderContext).map_err(|e| {
                 SourceError::Config(format!(
@@ -389,6 +403,7 @@ impl KafkaSource {
             blocked_since: HashMap::new(),
             last_poll_end: None,
             starved: false,
+            full: BTreeSet::new(),
             merge_wait: Duration::from_millis(cfg.kafka.merge_wait_ms),
             known_high: FxHashMap::default(),
             partitions: cfg.engine.partitions as u32,
@@ -440,6 +455,7 @@ impl KafkaSource {
                 self.handed.remove(&idx);
                 self.buffered -= self.pending[idx as usize].len();
                 self.pending[idx as usize].clear();
+                self.full.remove(&idx);
                 match self.consumer.fetch_watermarks(t, p as i32, Duration::from_secs(5)) {
                     Ok((_, high)) => {
                         self.known_high.insert(idx, high);
@@ -500,6 +516,7 @@ impl KafkaSource {
         self.handed.retain(|i, _| !gone(i));
         self.blocked_since.retain(|p, _| owned.contains(p));
         self.known_high.retain(|i, _| !gone(i));
+        self.full.retain(|i| !gone(i));
         self.unassign_where(|p| !owned.contains(&p));
     }
 
@@ -586,6 +603,11 @@ impl KafkaSource {
             crate::telemetry::kafka_stats::paused_partitions(if paused { a.count() } else { 0 });
         }
         self.paused = paused;
+        if !paused {
+            let full = std::mem::take(&mut self.full);
+            self.pause_fetching(&full, true);
+            self.full = full;
+        }
         if paused {
             warn!(
                 "Outbox above its high-water mark: consumption paused until the broker acknowledges outputs."
@@ -716,10 +738,10 @@ impl Source for KafkaSource {
         //    records not fetched yet: catching up, batches fill to `max` instead of handing out
         //    each fetch response's few hundred records; live, a batch goes as soon as the
         //    fetched records are in.
-        //    Whatever librdkafka has ready is taken even past `max` (up to `cap`): its queue is
-        //    one line for every partition, and a topic the merge waits for may have its records
-        //    queued behind the others'; taking only `max` each turn would starve it.
-        let cap = max.saturating_mul(8);
+        //    Whatever librdkafka has ready is taken even past `max`: its queue is one line for
+        //    every partition, and a topic the merge waits for may have its records queued behind
+        //    the others'; taking only `max` each turn would starve it. A topic partition whose
+        //    buffer holds `max` records is paused until it is down to half (`limit_buffers`).
         let mut linger = false;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -759,6 +781,9 @@ impl Source for KafkaSource {
                     let Some(idx) = self.index_of(m.topic(), m.partition()) else {
                         continue;
                     };
+                    if self.fetched.get(&idx).is_some_and(|&f| m.offset() < f) {
+                        continue; // fetched again after a pause: already buffered
+                    }
                     self.fetched.insert(idx, m.offset() + 1);
                     self.starved = false;
                     self.pending[idx as usize].push_back(Pending {
@@ -769,10 +794,8 @@ impl Source for KafkaSource {
                     self.buffered += 1;
                 }
             }
-            if self.buffered >= cap {
-                break;
-            }
         }
+        self.limit_buffers(max);
         // Records of partitions revoked during this poll belong to their new owner now.
         let own = self.ownership.lock().unwrap();
         let owned = own.owned.clone();
@@ -798,6 +821,7 @@ impl Source for KafkaSource {
                 break;
             }
         }
+        self.limit_buffers(max);
         self.starved = batch.records.is_empty() && self.buffered > 0;
         self.last_poll_end = Some(Instant::now());
         Ok(if batch.records.is_empty() {
@@ -872,6 +896,46 @@ impl KafkaSource {
                 oversized: None,
             });
             self.handed.insert(idx, r.offset + 1);
+        }
+    }
+
+    /// Pauses fetching the topic partitions whose buffer holds `max` records, and resumes
+    /// those paused that are down to half of it.
+    fn limit_buffers(&mut self, max: usize) {
+        let max = max.max(2);
+        let over: BTreeSet<u32> = (0..self.pending.len() as u32)
+            .filter(|&i| self.pending[i as usize].len() >= max && !self.full.contains(&i))
+            .collect();
+        let under: BTreeSet<u32> = self
+            .full
+            .iter()
+            .copied()
+            .filter(|&i| self.pending[i as usize].len() <= max / 2)
+            .collect();
+        if !over.is_empty() {
+            self.pause_fetching(&over, true);
+            self.full.extend(over);
+        }
+        if !under.is_empty() {
+            self.pause_fetching(&under, false);
+            self.full.retain(|i| !under.contains(i));
+        }
+    }
+
+    /// Pauses (or resumes) fetching these topic partitions, unless all are paused for
+    /// backpressure (then the global resume re-applies the per-partition pauses).
+    fn pause_fetching(&self, idxs: &BTreeSet<u32>, pause: bool) {
+        if self.paused || idxs.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for &i in idxs {
+            let (topic, p) = split_key(&self.keys[i as usize]);
+            tpl.add_partition(topic, p);
+        }
+        let r = if pause { self.consumer.pause(&tpl) } else { self.consumer.resume(&tpl) };
+        if let Err(e) = r {
+            warn!(error = %e, "Pausing or resuming a full input partition failed.");
         }
     }
 
