@@ -158,6 +158,12 @@ fn with_outputs(cfg: &Config, tag: &str) -> Config {
     c
 }
 
+/// The input topics a config names, with their partition count.
+fn input_topics(cfg: &Config) -> Vec<(String, i32)> {
+    let n = cfg.engine.partitions as i32;
+    cfg.kafka.input_topics.all().iter().map(|t| (t.to_string(), n)).collect()
+}
+
 /// Every topic a config names.
 fn topic_names(cfg: &Config) -> Vec<String> {
     crate::topics::wanted(cfg).into_iter().map(|(t, _)| t).collect()
@@ -289,7 +295,14 @@ impl Row {
 }
 
 /// A child process of this executable with a config file of its own.
-fn spawn_self(args: &[&str], cfg: &Config, dir: &Path, tag: &str) -> Result<(std::process::Child, PathBuf)> {
+/// Its configuration is the file alone (RAPPORT_ variables are not passed on).
+fn spawn_self(
+    args: &[&str],
+    cfg: &Config,
+    dir: &Path,
+    tag: &str,
+    stdout: std::process::Stdio,
+) -> Result<(std::process::Child, PathBuf)> {
     let path = dir.join(format!("{tag}.toml"));
     std::fs::write(&path, toml::to_string(cfg)?)?;
     let log = dir.join(format!("{tag}.log"));
@@ -302,7 +315,7 @@ fn spawn_self(args: &[&str], cfg: &Config, dir: &Path, tag: &str) -> Result<(std
     }
     let child = cmd
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
+        .stdout(stdout)
         .stderr(std::fs::File::create(&log)?)
         .spawn()
         .with_context(|| format!("starting {tag}"))?;
@@ -321,7 +334,13 @@ fn last_json_line(child: &mut std::process::Child) -> Result<serde_json::Value> 
 }
 
 fn run_raw(cfg: &Config, total: u64, dir: &Path) -> Result<Row> {
-    let (mut child, log) = spawn_self(&["bench", "raw-consume", "--expect", &total.to_string()], cfg, dir, "raw")?;
+    let (mut child, log) = spawn_self(
+        &["bench", "raw-consume", "--expect", &total.to_string()],
+        cfg,
+        dir,
+        "raw",
+        std::process::Stdio::piped(),
+    )?;
     let v = last_json_line(&mut child);
     let u = wait_usage(&child)?;
     let v = v.with_context(|| format!("raw consume failed; its log is {}", log.display()))?;
@@ -335,14 +354,19 @@ fn run_raw(cfg: &Config, total: u64, dir: &Path) -> Result<Row> {
     })
 }
 
-/// A metric of a rapport instance's endpoint, summed over its label sets.
-fn metric(port: u16, name: &str) -> Option<f64> {
-    let text = ureq::get(format!("http://127.0.0.1:{port}/metrics"))
+/// A rapport instance's endpoint `path`, as text.
+fn get(port: u16, path: &str) -> Option<String> {
+    ureq::get(format!("http://127.0.0.1:{port}{path}"))
         .call()
         .ok()?
         .body_mut()
         .read_to_string()
-        .ok()?;
+        .ok()
+}
+
+/// A metric of a rapport instance's endpoint, summed over its label sets.
+fn metric(port: u16, name: &str) -> Option<f64> {
+    let text = get(port, "/metrics")?;
     Some(
         text.lines()
             .filter(|l| l.split([' ', '{']).next() == Some(name))
@@ -365,7 +389,7 @@ fn run_rapport_kafka(cfg: &Config, contender: Contender, total: u64, dir: &Path)
     c.kafka.create_topics = true;
     // Replay: timers on event time, so that the outputs are those of the embedded run.
     c.engine.timer_clock = TimerClock::Event;
-    let (mut child, log) = spawn_self(&["run", "--quiet"], &c, dir, contender.tag())?;
+    let (mut child, log) = spawn_self(&["run", "--quiet"], &c, dir, contender.tag(), std::process::Stdio::null())?;
     let deadline = Instant::now() + Duration::from_secs(3600);
     let mut first = None;
     let done = loop {
@@ -415,7 +439,7 @@ fn run_embedded(cfg: &Config, file: &Path, total: u64, dir: &Path) -> Result<(Ro
     let outputs = dir.join("out-embedded");
     c.embedded.output_dir = outputs.clone();
     let t0 = Instant::now();
-    let (child, log) = spawn_self(&["run", "--quiet"], &c, dir, "embedded")?;
+    let (child, log) = spawn_self(&["run", "--quiet"], &c, dir, "embedded", std::process::Stdio::null())?;
     let u = wait_usage(&child)?;
     let secs = t0.elapsed().as_secs_f64();
     if u.exit != Some(0) {
@@ -667,8 +691,9 @@ fn latency_phase(cfg: &Config, lines: &[Vec<u8>], rate: f64, seconds: u64, alive
     // The reader drains the score topic on its own thread, so that what is measured is the
     // contender's delay and not the reader's.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let got = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let reader_thread = {
-        let stop = Arc::clone(&stop);
+        let (stop, got) = (Arc::clone(&stop), Arc::clone(&got));
         std::thread::spawn(move || {
             let mut lat_ms: Vec<f64> = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -676,6 +701,7 @@ fn latency_phase(cfg: &Config, lines: &[Vec<u8>], rate: f64, seconds: u64, alive
                 if let Some((i, ms)) = probe_of(&m) {
                     if i >= first_measured {
                         lat_ms.push(ms);
+                        got.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
             }
@@ -706,11 +732,11 @@ fn latency_phase(cfg: &Config, lines: &[Vec<u8>], rate: f64, seconds: u64, alive
     // The last probes' scores: wait until they are in or 10 s have passed.
     let expected = n.div_ceil(100) as usize;
     let drain = Instant::now();
-    while drain.elapsed() < Duration::from_secs(10) && !reader_thread.is_finished() {
-        std::thread::sleep(Duration::from_millis(100));
-        if drain.elapsed() > Duration::from_secs(2) {
-            break;
-        }
+    while drain.elapsed() < Duration::from_secs(10)
+        && got.load(std::sync::atomic::Ordering::Relaxed) < expected
+        && !reader_thread.is_finished()
+    {
+        std::thread::sleep(Duration::from_millis(20));
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut lat_ms = reader_thread.join().map_err(|_| anyhow::anyhow!("the latency reader panicked"))?;
@@ -751,11 +777,7 @@ fn measure_latency(
         &with_inputs(base, &format!("live-{}-{}", contender.tag(), app::wall_now_ms())),
         contender.tag(),
     );
-    crate::topics::create_named(
-        &cfg,
-        &cfg.kafka.input_topics.all().iter().map(|t| (t.to_string(), cfg.engine.partitions as i32)).collect::<Vec<_>>(),
-        &[],
-    )?;
+    crate::topics::create_named(&cfg, &input_topics(&cfg), &[])?;
     if !contender.is_peer() {
         crate::topics::create(&cfg)?;
     }
@@ -785,7 +807,7 @@ fn measure_latency(
         c.store.data_dir = live_dir.join("data");
         c.kafka.create_topics = true;
         c.engine.timer_clock = TimerClock::Wall;
-        let (mut child, log) = spawn_self(&["run", "--quiet"], &c, &live_dir, "rapport")?;
+        let (mut child, log) = spawn_self(&["run", "--quiet"], &c, &live_dir, "rapport", std::process::Stdio::null())?;
         let mut alive = || -> Result<()> {
             if let Some(s) = child.try_wait()? {
                 bail!("rapport exited during the latency run ({s}); its log is {}", log.display());
@@ -863,17 +885,14 @@ pub fn kafka(base: &Config, b: &KafkaBench, out: &mut dyn std::io::Write) -> Res
     let stamp = app::wall_now_ms();
     let json = with_inputs(&base, &format!("bench-{stamp}"));
     let mut topics = topic_names(&json);
-    let wanted_inputs = |c: &Config| -> Vec<(String, i32)> {
-        c.kafka.input_topics.all().iter().map(|t| (t.to_string(), c.engine.partitions as i32)).collect()
-    };
-    crate::topics::create_named(&json, &wanted_inputs(&json), KEEP)?;
+    crate::topics::create_named(&json, &input_topics(&json), KEEP)?;
     let (file, total) = generate_events(b.accounts, b.events, dir.path())?;
     let t0 = Instant::now();
     app::produce(&json, &file, WireFormat::Json, true)?;
     writeln!(out, "Produced {total} events ({} accounts) as JSON in {:.1} s.", b.accounts, t0.elapsed().as_secs_f64())?;
     let proto = with_inputs(&base, &format!("bench-{stamp}-pb"));
     if contenders.iter().any(|c| c.reads_protobuf()) {
-        crate::topics::create_named(&proto, &wanted_inputs(&proto), KEEP)?;
+        crate::topics::create_named(&proto, &input_topics(&proto), KEEP)?;
         topics.extend(topic_names(&proto));
         let t0 = Instant::now();
         app::produce(&proto, &file, WireFormat::Protobuf, true)?;
@@ -883,6 +902,8 @@ pub fn kafka(base: &Config, b: &KafkaBench, out: &mut dyn std::io::Write) -> Res
     let mut rows = Vec::new();
     let mut reference: Option<std::collections::BTreeMap<AlertKey, u32>> = None;
     let mut to_check: Vec<(Contender, Config)> = Vec::new();
+    // Application ids of the peer runs: their internal topics are deleted at the end too.
+    let mut peer_apps: Vec<String> = Vec::new();
     for &c in &contenders {
         writeln!(out, "Running: {} …", c.label())?;
         let row = match c {
@@ -904,7 +925,7 @@ pub fn kafka(base: &Config, b: &KafkaBench, out: &mut dyn std::io::Write) -> Res
             Contender::StreamsAlos | Contender::StreamsEos => {
                 let (row, outs) = run_peer(&b.peer, &json, c, total, dir.path())?;
                 topics.extend(topic_names(&outs));
-                topics.push(format!("{}-", outs.kafka.group_id)); // internal topics are listed below
+                peer_apps.push(outs.kafka.group_id.clone());
                 to_check.push((c, outs));
                 row
             }
@@ -985,8 +1006,6 @@ pub fn kafka(base: &Config, b: &KafkaBench, out: &mut dyn std::io::Write) -> Res
     }
     // Clean-up: the benchmark's topics, and the peer's internal ones (named after its
     // application id, the group id here).
-    let peer_apps: Vec<String> = topics.iter().filter_map(|t| t.strip_suffix('-').map(str::to_owned)).collect();
-    topics.retain(|t| !t.ends_with('-'));
     if !peer_apps.is_empty() {
         let c: BaseConsumer = client_config(&base).create()?;
         if let Ok(md) = c.fetch_metadata(None, Duration::from_secs(10)) {
@@ -1025,50 +1044,23 @@ struct Instance {
 
 impl Instance {
     fn spawn(cfg: &Config, dir: &Path, tag: &str) -> Result<Instance> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = free_port()?;
         let mut c = cfg.clone();
         c.store.data_dir = dir.join(format!("data-{tag}"));
         c.telemetry.listen = format!("127.0.0.1:{port}");
         c.kafka.client_id = format!("rapport-bench-{tag}");
         c.kafka.create_topics = false;
-        let path = dir.join(format!("{tag}.toml"));
-        std::fs::write(&path, toml::to_string(&c)?)?;
-        let log = dir.join(format!("{tag}.log"));
-        let mut cmd = std::process::Command::new(std::env::current_exe()?);
-        cmd.args(["run", "--quiet", "--config"]).arg(&path);
-        // The child's configuration is the file alone.
-        for (k, _) in std::env::vars() {
-            if k.starts_with("RAPPORT_") {
-                cmd.env_remove(k);
-            }
-        }
-        let child = cmd
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .context("starting a rapport instance")?;
+        let (child, log) = spawn_self(&["run", "--quiet"], &c, dir, tag, std::process::Stdio::null())?;
         Ok(Instance { child, port, log })
     }
 
     fn get(&self, path: &str) -> Option<String> {
-        ureq::get(format!("http://127.0.0.1:{}{path}", self.port))
-            .call()
-            .ok()?
-            .body_mut()
-            .read_to_string()
-            .ok()
+        get(self.port, path)
     }
 
     /// A counter or gauge, summed over its label sets.
     fn metric(&self, name: &str) -> Option<f64> {
-        let text = self.get("/metrics")?;
-        Some(
-            text.lines()
-                .filter(|l| l.split([' ', '{']).next() == Some(name))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum(),
-        )
+        metric(self.port, name)
     }
 
     /// Partitions this instance reads and has read to the end, with no lag.
