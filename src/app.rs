@@ -527,10 +527,11 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
                 .filter(|(_, ph)| **ph == PartitionPhase::ToActivate)
                 .map(|(p, _)| *p)
                 .collect();
+            let ends = source.end_offsets(&ready);
             for p in ready {
                 phases.remove(&p);
                 let positions = engine.lock().unwrap().pipeline.partition_positions(p);
-                source.activate(p, &positions);
+                source.activate(p, &positions, &ends);
             }
         }
         let restoring: Vec<(u16, u64, u64)> = reader

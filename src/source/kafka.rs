@@ -311,6 +311,10 @@ pub struct KafkaSource {
 /// time while catching up).
 pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
+/// A poll lingers for more records while the broker holds at least `max` / this many records
+/// not fetched yet.
+const LINGER_BEHIND_DIVISOR: i64 = 4;
+
 /// The group consumer's settings: membership (static when `group_instance_id` is set), the
 /// rebalance protocol, and no reading.
 pub fn member_config(cfg: &Config) -> ClientConfig {
@@ -424,13 +428,49 @@ impl KafkaSource {
         self.topics.iter().map(|t| position_key(t, p as i32)).collect()
     }
 
+    /// The broker's end offsets of these partitions' input topics, by key index, in one
+    /// request (a watermark query per topic partition took about 250 ms each, so activating
+    /// six partitions of four topics took six seconds). Missing: the broker did not answer;
+    /// librdkafka's cached watermarks are relied on then.
+    pub fn end_offsets(&self, partitions: &[u16]) -> FxHashMap<u32, i64> {
+        let mut tpl = TopicPartitionList::new();
+        for &p in partitions {
+            for t in &self.topics {
+                let _ = tpl.add_partition_offset(t, p as i32, Offset::End);
+            }
+        }
+        let mut ends = FxHashMap::default();
+        if tpl.count() == 0 {
+            return ends;
+        }
+        match self.consumer.offsets_for_times(tpl, Duration::from_secs(5)) {
+            Ok(got) => {
+                for e in got.elements() {
+                    match (e.error(), e.offset(), self.index_of(e.topic(), e.partition())) {
+                        (Ok(()), Offset::Offset(high), Some(idx)) => {
+                            ends.insert(idx, high);
+                        }
+                        (Err(err), _, _) => {
+                            warn!(topic = e.topic(), partition = e.partition(), error = %err, "Cannot read the end offset of an input partition; relying on librdkafka's.");
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "Cannot read the end offsets of input partitions; relying on librdkafka's.");
+            }
+        }
+        ends
+    }
+
     /// Starts reading partition `p` from `positions` (position key → next offset; a missing
     /// key starts at the earliest offset).
     ///
     /// The reading consumer's assignment only ever changes incrementally, one partition's four
     /// topic partitions at a time: replacing the whole assignment stops and restarts every
     /// partition, and librdkafka 2.12 can abort when stops overlap (its issue 5573).
-    pub fn activate(&mut self, p: u16, positions: &[(String, Option<u64>)]) {
+    pub fn activate(&mut self, p: u16, positions: &[(String, Option<u64>)], ends: &FxHashMap<u32, i64>) {
         let mut own = self.ownership.lock().unwrap();
         if !own.group.contains(&p) {
             return;
@@ -456,13 +496,12 @@ impl KafkaSource {
                 self.buffered -= self.pending[idx as usize].len();
                 self.pending[idx as usize].clear();
                 self.full.remove(&idx);
-                match self.consumer.fetch_watermarks(t, p as i32, Duration::from_secs(5)) {
-                    Ok((_, high)) => {
+                match ends.get(&idx) {
+                    Some(&high) => {
                         self.known_high.insert(idx, high);
                     }
-                    Err(e) => {
+                    None => {
                         self.known_high.remove(&idx);
-                        warn!(topic = %t, partition = p, error = %e, "Cannot read the end offset of an input partition; relying on librdkafka's.");
                     }
                 }
             }
@@ -735,14 +774,17 @@ impl Source for KafkaSource {
         self.serve_group(Duration::ZERO);
         // 1. Fetch into the per-topic-partition queues. Once something is buffered, more is
         //    waited for (briefly, within the batch's time budget) only while the broker holds
-        //    records not fetched yet: catching up, batches fill to `max` instead of handing out
-        //    each fetch response's few hundred records; live, a batch goes as soon as the
-        //    fetched records are in.
+        //    many records not fetched yet (a quarter of `max`): catching up, batches fill to
+        //    `max` instead of handing out each fetch response's few hundred records; live, a
+        //    batch goes as soon as the fetched records are in. (Following the live end there is
+        //    nearly always some record the broker has and we have not: waiting for it kept every
+        //    live batch for the whole `pipeline.batch_max_ms`.)
         //    Whatever librdkafka has ready is taken even past `max`: its queue is one line for
         //    every partition, and a topic the merge waits for may have its records queued behind
         //    the others'; taking only `max` each turn would starve it. A topic partition whose
         //    buffer holds `max` records is paused until it is down to half (`limit_buffers`).
         let mut linger = false;
+        let linger_behind = (max as i64 / LINGER_BEHIND_DIVISOR).max(1);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let timeout = if self.buffered == 0 || self.starved {
@@ -764,7 +806,7 @@ impl Source for KafkaSource {
                         break;
                     }
                     if self.buffered > 0 {
-                        linger = self.more_to_fetch();
+                        linger = self.behind_by(linger_behind);
                         if !linger {
                             break;
                         }
@@ -945,16 +987,20 @@ impl KafkaSource {
         (partition >= 0 && (partition as u32) < self.partitions).then(|| t * self.partitions + partition as u32)
     }
 
-    /// Whether some active partition's topic has records the broker holds and we have not
-    /// fetched yet.
-    fn more_to_fetch(&self) -> bool {
+    /// Whether the broker holds at least `at_least` records of the active partitions that we
+    /// have not fetched yet (catching up, not following the live end).
+    fn behind_by(&self, at_least: i64) -> bool {
         let owned: Vec<u16> = self.ownership.lock().unwrap().owned.iter().copied().collect();
-        owned.iter().any(|&p| {
-            self.topics
-                .iter()
-                .filter_map(|t| self.index_of(t, p as i32))
-                .any(|idx| !self.drained(idx))
-        })
+        let mut behind = 0i64;
+        for p in owned {
+            for idx in self.topics.iter().filter_map(|t| self.index_of(t, p as i32)) {
+                behind += self.unfetched(idx).unwrap_or(0);
+                if behind >= at_least {
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     /// librdkafka's cached (low, high) watermarks, the high one at least what the broker said
@@ -972,10 +1018,14 @@ impl KafkaSource {
     /// Whether a topic partition has nothing more to give right now: everything up to its high
     /// watermark has been fetched.
     fn drained(&self, idx: u32) -> bool {
+        self.unfetched(idx).is_some_and(|n| n == 0)
+    }
+
+    /// How many records of a topic partition the broker holds beyond what has been fetched
+    /// (None: its watermarks are not known yet).
+    fn unfetched(&self, idx: u32) -> Option<i64> {
         let (topic, p) = split_key(&self.keys[idx as usize]);
-        let Some((low, high)) = self.watermarks(topic, p) else {
-            return false;
-        };
+        let (low, high) = self.watermarks(topic, p)?;
         let own = self.ownership.lock().unwrap();
         let next = self
             .fetched
@@ -983,7 +1033,7 @@ impl KafkaSource {
             .copied()
             .or_else(|| own.start.get(&(topic.to_owned(), p)).copied().flatten())
             .unwrap_or(low);
-        next >= high
+        Some((high - next).max(0))
     }
 }
 
