@@ -314,3 +314,70 @@ impl Sink for KafkaSink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::mocking::MockCluster;
+
+    /// Records the (mock) broker holds in `topic`'s partitions `0..n`.
+    fn stored(c: &BaseConsumer, topic: &str, n: i32) -> i64 {
+        (0..n)
+            .map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(5)).map_or(0, |(_, h)| h))
+            .sum()
+    }
+
+    #[test]
+    fn one_settle_serves_every_delivery_report_that_is_ready() {
+        const PARTITIONS: i32 = 6;
+        const WAVES: u64 = 20;
+        const PER_WAVE: u64 = 60;
+        let mock = MockCluster::new(1).unwrap();
+        let mut cfg = Config::defaults();
+        cfg.kafka.brokers = mock.bootstrap_servers();
+        let topic = cfg.kafka.output_topics.health_scores.clone();
+        mock.create_topic(&topic, PARTITIONS, 1).unwrap();
+        let mut sink = KafkaSink::new(&cfg).unwrap();
+        let watcher: BaseConsumer = client_config(&cfg).create().unwrap();
+        // Waves of records, each acknowledged before the next is sent, and no report served in
+        // between: at least one delivery-report event per wave and partition waits in the queue.
+        let mut seq = 0u64;
+        for _ in 0..WAVES {
+            for _ in 0..PER_WAVE {
+                let rec = OutboxRecord {
+                    kind: OutputKind::HealthScore as u32,
+                    key: format!("acct-{seq}"),
+                    payload: b"{}".to_vec(),
+                    headers: Default::default(),
+                    partition: (seq % PARTITIONS as u64) as i32,
+                };
+                sink.send(seq, &rec).unwrap();
+                seq += 1;
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while stored(&watcher, &topic, PARTITIONS) < seq as i64 {
+                assert!(Instant::now() < deadline, "the mock broker did not take wave ending at {seq}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        // Every record is on the broker; its last reports may still be on their way. Settling
+        // until nothing is in flight takes a turn or a few, not one turn per report event
+        // (at least WAVES × PARTITIONS of them).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut turns = 0;
+        while sink.in_flight() > 0 {
+            assert!(Instant::now() < deadline, "{} records never confirmed", sink.in_flight());
+            sink.confirmed(false).unwrap();
+            turns += 1;
+            if sink.in_flight() > 0 {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        assert!(
+            turns <= 10,
+            "{turns} turns of the loop to serve the reports of {seq} acknowledged records"
+        );
+        assert_eq!(sink.confirmed(false).unwrap(), seq);
+    }
+}
