@@ -673,7 +673,7 @@ fn latency_phase(cfg: &Config, lines: &[Vec<u8>], rate: f64, seconds: u64, alive
     let mut pc = client_config(cfg);
     // The clients' default linger (5 ms), counted in the latency. With none, every event was a
     // produce request of its own: at 5,000 events/s the broker, on the same two cores, took
-    // most of a core, and the contenders' p99 went from 25-40 ms to 140-1,150 ms.
+    // most of a core, and the contenders' p99 went from 25-83 ms to 140-1,150 ms.
     pc.set("partitioner", "murmur2_random").set("linger.ms", "5").set("acks", "all");
     let producer: ThreadedProducer<DefaultProducerContext> = pc.create()?;
     let t = &cfg.kafka.input_topics;

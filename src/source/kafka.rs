@@ -22,7 +22,7 @@
 //! the batch being filled are dropped (the new owner reads them from the changelog's
 //! checkpoint). Its local state stays here: it may come back.
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -300,6 +300,12 @@ pub struct KafkaSource {
     /// was ours, far behind, and would make it look read to its end (merging and wall-clock
     /// timers would then run ahead of data not fetched yet).
     known_high: FxHashMap<u32, i64>,
+    /// Topic partitions (key index) activated and not yet heard from: no record fetched since.
+    /// While the broker holds records of one of them, the merge waits for it up to
+    /// `FIRST_FETCH_WAIT` rather than `merge_wait`: a partition's four topics start fetching
+    /// together, and on a loaded machine a first fetch can take longer than the merge's wait
+    /// (the other topics' later events would then run ahead of it, and their timers with them).
+    first_fetch: FxHashSet<u32>,
     /// Account partitions per input topic (key index = topic index × this + partition).
     partitions: u32,
 }
@@ -310,6 +316,10 @@ pub struct KafkaSource {
 /// then stops being fetched for a second, which left rapport waiting for its input most of the
 /// time while catching up).
 pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
+
+/// The merge's longest wait (in poll) for a topic partition's first records after activation,
+/// while the broker holds some.
+const FIRST_FETCH_WAIT: Duration = Duration::from_secs(10);
 
 /// A poll lingers for more records while the broker holds at least `max` / this many records
 /// not fetched yet.
@@ -410,6 +420,7 @@ impl KafkaSource {
             full: BTreeSet::new(),
             merge_wait: Duration::from_millis(cfg.kafka.merge_wait_ms),
             known_high: FxHashMap::default(),
+            first_fetch: FxHashSet::default(),
             partitions: cfg.engine.partitions as u32,
         })
     }
@@ -499,6 +510,7 @@ impl KafkaSource {
                 match ends.get(&idx) {
                     Some(&high) => {
                         self.known_high.insert(idx, high);
+                        self.first_fetch.insert(idx);
                     }
                     None => {
                         self.known_high.remove(&idx);
@@ -555,6 +567,7 @@ impl KafkaSource {
         self.handed.retain(|i, _| !gone(i));
         self.blocked_since.retain(|p, _| owned.contains(p));
         self.known_high.retain(|i, _| !gone(i));
+        self.first_fetch.retain(|i| !gone(i));
         self.full.retain(|i| !gone(i));
         self.unassign_where(|p| !owned.contains(&p));
     }
@@ -827,6 +840,7 @@ impl Source for KafkaSource {
                         continue; // fetched again after a pause: already buffered
                     }
                     self.fetched.insert(idx, m.offset() + 1);
+                    self.first_fetch.remove(&idx);
                     self.starved = false;
                     self.pending[idx as usize].push_back(Pending {
                         offset: m.offset(),
@@ -885,7 +899,8 @@ impl KafkaSource {
     /// Moves partition `p`'s buffered records into `batch`, oldest record timestamp first across
     /// the four input topics — what Kafka Streams does for a task's partitions. A topic whose
     /// queue is empty holds the others back until it is read to its end, or for at most
-    /// `kafka.merge_wait_ms` (then its later records are processed as they come).
+    /// `kafka.merge_wait_ms` of polling (then its later records are processed as they come);
+    /// right after activation, until its first records are in, for at most `FIRST_FETCH_WAIT`.
     fn merge_partition(&mut self, p: u16, max: usize, batch: &mut InputBatch) {
         let idxs: Vec<u32> = self
             .topics
@@ -901,6 +916,7 @@ impl KafkaSource {
             }
             let mut best: Option<u32> = None;
             let mut blocked = false;
+            let mut first = false;
             for (j, &idx) in idxs.iter().enumerate() {
                 match self.pending[idx as usize].front() {
                     Some(r) => {
@@ -909,7 +925,12 @@ impl KafkaSource {
                             best = Some(idx);
                         }
                     }
-                    None => blocked |= !*drained[j].get_or_insert_with(|| self.drained(idx)),
+                    None => {
+                        if !*drained[j].get_or_insert_with(|| self.drained(idx)) {
+                            blocked = true;
+                            first |= self.first_fetch.contains(&idx);
+                        }
+                    }
                 }
             }
             let Some(idx) = best else {
@@ -918,7 +939,8 @@ impl KafkaSource {
             };
             if blocked {
                 let since = *self.blocked_since.entry(p).or_insert_with(Instant::now);
-                if since.elapsed() < self.merge_wait {
+                let wait = if first { FIRST_FETCH_WAIT.max(self.merge_wait) } else { self.merge_wait };
+                if since.elapsed() < wait {
                     return;
                 }
             } else {
