@@ -306,6 +306,10 @@ pub struct KafkaSource {
     /// together, and on a loaded machine a first fetch can take longer than the merge's wait
     /// (the other topics' later events would then run ahead of it, and their timers with them).
     first_fetch: FxHashSet<u32>,
+    /// Partitions whose current merge wait has expired (counted once per wait).
+    wait_expired: BTreeSet<u16>,
+    /// When an expired merge wait was last logged (at most one warning per 10 s).
+    last_expiry_warning: Option<Instant>,
     /// Account partitions per input topic (key index = topic index × this + partition).
     partitions: u32,
 }
@@ -421,6 +425,8 @@ impl KafkaSource {
             merge_wait: Duration::from_millis(cfg.kafka.merge_wait_ms),
             known_high: FxHashMap::default(),
             first_fetch: FxHashSet::default(),
+            wait_expired: BTreeSet::new(),
+            last_expiry_warning: None,
             partitions: cfg.engine.partitions as u32,
         })
     }
@@ -490,6 +496,7 @@ impl KafkaSource {
         // A merge wait left from an earlier time this partition was ours must not count now:
         // it would let the other topics run ahead of one not fetched yet.
         self.blocked_since.remove(&p);
+        self.wait_expired.remove(&p);
         let mut tpl = TopicPartitionList::new();
         for t in &self.topics {
             let tp = (t.clone(), p as i32);
@@ -566,6 +573,7 @@ impl KafkaSource {
         self.fetched.retain(|i, _| !gone(i));
         self.handed.retain(|i, _| !gone(i));
         self.blocked_since.retain(|p, _| owned.contains(p));
+        self.wait_expired.retain(|p| owned.contains(p));
         self.known_high.retain(|i, _| !gone(i));
         self.first_fetch.retain(|i| !gone(i));
         self.full.retain(|i| !gone(i));
@@ -935,6 +943,7 @@ impl KafkaSource {
             }
             let Some(idx) = best else {
                 self.blocked_since.remove(&p);
+                self.wait_expired.remove(&p);
                 return;
             };
             if blocked {
@@ -943,8 +952,20 @@ impl KafkaSource {
                 if since.elapsed() < wait {
                     return;
                 }
+                if self.wait_expired.insert(p) {
+                    metrics::counter!(crate::telemetry::names::KAFKA_MERGE_WAITS_EXPIRED).increment(1);
+                    if self.last_expiry_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        warn!(
+                            partition = p,
+                            waited_ms = wait.as_millis() as u64,
+                            "An input topic of this partition stayed empty though it may have records not fetched yet; going on with the other topics (its events may arrive behind theirs in event time). Raise kafka.merge_wait_ms if this repeats."
+                        );
+                        self.last_expiry_warning = Some(Instant::now());
+                    }
+                }
             } else {
                 self.blocked_since.remove(&p);
+                self.wait_expired.remove(&p);
             }
             let r = self.pending[idx as usize].pop_front().expect("non-empty");
             self.buffered -= 1;

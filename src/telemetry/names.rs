@@ -33,6 +33,7 @@ pub const KAFKA_BROKERS_UP: &str = "rapport_kafka_brokers_up";
 pub const KAFKA_PARTITIONS_LEADERLESS: &str = "rapport_kafka_partitions_leaderless";
 pub const KAFKA_REBALANCES: &str = "rapport_kafka_rebalances_total";
 pub const KAFKA_PAUSED_PARTITIONS: &str = "rapport_kafka_paused_partitions";
+pub const KAFKA_MERGE_WAITS_EXPIRED: &str = "rapport_kafka_merge_waits_expired_total";
 pub const KAFKA_PRODUCE_ERRORS: &str = "rapport_kafka_produce_errors_total";
 pub const KAFKA_OWNED_PARTITIONS: &str = "rapport_kafka_owned_partitions";
 pub const RESTORE_RECORDS: &str = "rapport_restore_records_total";
@@ -170,6 +171,12 @@ pub const ALL: &[MetricDoc] = &[
         "gauge",
         "",
         "Input partitions paused for backpressure.",
+    ),
+    (
+        KAFKA_MERGE_WAITS_EXPIRED,
+        "counter",
+        "",
+        "Times the time-ordered merge of a partition's input topics stopped waiting for an empty one and went on without it (its events may then arrive behind the others').",
     ),
     (
         KAFKA_PRODUCE_ERRORS,
