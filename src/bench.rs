@@ -940,20 +940,18 @@ pub fn kafka(base: &Config, b: &KafkaBench, out: &mut dyn std::io::Write) -> Res
     let (file, total) = generate_events(b.accounts, b.events, dir.path())?;
     writeln!(out, "Generated {total} events ({} accounts).", b.accounts)?;
     // Only what a contender reads goes to the broker (embedded alone needs no topic at all).
-    if contenders.iter().any(|c| c.reads_kafka_json()) {
-        crate::topics::create_named(&json, &input_topics(&json), KEEP)?;
-        topics.extend(topic_names(&json));
-        let t0 = Instant::now();
-        app::produce(&json, &file, WireFormat::Json, true)?;
-        writeln!(out, "Produced them as JSON in {:.1} s.", t0.elapsed().as_secs_f64())?;
-    }
     let proto = with_inputs(&base, &format!("bench-{stamp}-pb"));
-    if contenders.iter().any(|c| c.reads_protobuf()) {
-        crate::topics::create_named(&proto, &input_topics(&proto), KEEP)?;
-        topics.extend(topic_names(&proto));
-        let t0 = Instant::now();
-        app::produce(&proto, &file, WireFormat::Protobuf, true)?;
-        writeln!(out, "Produced them again as protobuf in {:.1} s.", t0.elapsed().as_secs_f64())?;
+    for (cfg, format, name, wanted) in [
+        (&json, WireFormat::Json, "JSON", contenders.iter().any(|c| c.reads_kafka_json())),
+        (&proto, WireFormat::Protobuf, "protobuf", contenders.iter().any(|c| c.reads_protobuf())),
+    ] {
+        if wanted {
+            crate::topics::create_named(cfg, &input_topics(cfg), KEEP)?;
+            topics.extend(topic_names(cfg));
+            let t0 = Instant::now();
+            app::produce(cfg, &file, format, true)?;
+            writeln!(out, "Produced them as {name} in {:.1} s.", t0.elapsed().as_secs_f64())?;
+        }
     }
 
     let mut rows = Vec::new();

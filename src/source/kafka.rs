@@ -282,8 +282,9 @@ pub struct KafkaSource {
     /// Fetched records not yet handed out, per key index.
     pending: Vec<std::collections::VecDeque<Pending>>,
     buffered: usize,
-    /// When each partition's merge began waiting for an empty topic.
-    blocked_since: HashMap<u16, Instant>,
+    /// Each partition's merge waiting for an empty topic: since when, and whether the wait has
+    /// expired (counted once per wait).
+    blocked_since: HashMap<u16, Blocked>,
     /// When the last poll returned: the time between polls (processing) does not count as
     /// waiting for a topic (its records may be queued in librdkafka all along).
     last_poll_end: Option<Instant>,
@@ -306,8 +307,6 @@ pub struct KafkaSource {
     /// together, and on a loaded machine a first fetch can take longer than the merge's wait
     /// (the other topics' later events would then run ahead of it, and their timers with them).
     first_fetch: FxHashSet<u32>,
-    /// Partitions whose current merge wait has expired (counted once per wait).
-    wait_expired: BTreeSet<u16>,
     /// When an expired merge wait was last logged (at most one warning per 10 s).
     last_expiry_warning: Option<Instant>,
     /// Account partitions per input topic (key index = topic index × this + partition).
@@ -425,7 +424,6 @@ impl KafkaSource {
             merge_wait: Duration::from_millis(cfg.kafka.merge_wait_ms),
             known_high: FxHashMap::default(),
             first_fetch: FxHashSet::default(),
-            wait_expired: BTreeSet::new(),
             last_expiry_warning: None,
             partitions: cfg.engine.partitions as u32,
         })
@@ -496,7 +494,6 @@ impl KafkaSource {
         // A merge wait left from an earlier time this partition was ours must not count now:
         // it would let the other topics run ahead of one not fetched yet.
         self.blocked_since.remove(&p);
-        self.wait_expired.remove(&p);
         let mut tpl = TopicPartitionList::new();
         for t in &self.topics {
             let tp = (t.clone(), p as i32);
@@ -573,7 +570,6 @@ impl KafkaSource {
         self.fetched.retain(|i, _| !gone(i));
         self.handed.retain(|i, _| !gone(i));
         self.blocked_since.retain(|p, _| owned.contains(p));
-        self.wait_expired.retain(|p| owned.contains(p));
         self.known_high.retain(|i, _| !gone(i));
         self.first_fetch.retain(|i| !gone(i));
         self.full.retain(|i| !gone(i));
@@ -787,8 +783,8 @@ impl Source for KafkaSource {
         let deadline = Instant::now() + wait;
         if let Some(end) = self.last_poll_end {
             let outside = end.elapsed();
-            for since in self.blocked_since.values_mut() {
-                *since += outside;
+            for b in self.blocked_since.values_mut() {
+                b.since += outside;
             }
         }
         self.ownership.lock().unwrap().revoked_since_poll = false;
@@ -896,6 +892,12 @@ impl Source for KafkaSource {
     }
 }
 
+/// A partition's merge waiting for an empty topic.
+struct Blocked {
+    since: Instant,
+    expired: bool,
+}
+
 /// A fetched record waiting for its turn in the time-ordered merge.
 struct Pending {
     offset: i64,
@@ -943,16 +945,19 @@ impl KafkaSource {
             }
             let Some(idx) = best else {
                 self.blocked_since.remove(&p);
-                self.wait_expired.remove(&p);
                 return;
             };
             if blocked {
-                let since = *self.blocked_since.entry(p).or_insert_with(Instant::now);
-                let wait = if first { FIRST_FETCH_WAIT.max(self.merge_wait) } else { self.merge_wait };
-                if since.elapsed() < wait {
+                let merge_wait = self.merge_wait;
+                let b = self.blocked_since.entry(p).or_insert_with(|| Blocked {
+                    since: Instant::now(),
+                    expired: false,
+                });
+                let wait = if first { FIRST_FETCH_WAIT.max(merge_wait) } else { merge_wait };
+                if b.since.elapsed() < wait {
                     return;
                 }
-                if self.wait_expired.insert(p) {
+                if !std::mem::replace(&mut b.expired, true) {
                     metrics::counter!(crate::telemetry::names::KAFKA_MERGE_WAITS_EXPIRED).increment(1);
                     if self.last_expiry_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                         warn!(
@@ -965,7 +970,6 @@ impl KafkaSource {
                 }
             } else {
                 self.blocked_since.remove(&p);
-                self.wait_expired.remove(&p);
             }
             let r = self.pending[idx as usize].pop_front().expect("non-empty");
             self.buffered -= 1;
