@@ -930,6 +930,23 @@ pub fn kafka(base: &Config, b: &KafkaBench, out: &mut dyn std::io::Write) -> Res
         );
     }
     let dir = tempfile::Builder::new().prefix("rapport-bench-").tempdir_in(std::env::temp_dir())?;
+    match kafka_in(dir.path(), base, &contenders, b, out) {
+        Ok(r) => Ok(r),
+        // The logs an error points to are kept.
+        Err(e) => {
+            let kept = dir.keep();
+            Err(e.context(format!("the bench's files are kept in {} (delete it when done)", kept.display())))
+        }
+    }
+}
+
+fn kafka_in(
+    dir: &Path,
+    base: &Config,
+    contenders: &[Contender],
+    b: &KafkaBench,
+    out: &mut dyn std::io::Write,
+) -> Result<KafkaBenchResult> {
     let mut base = base.clone();
     base.mode = crate::config::Mode::Kafka;
     base.telemetry.listen = String::new();
@@ -937,7 +954,7 @@ pub fn kafka(base: &Config, b: &KafkaBench, out: &mut dyn std::io::Write) -> Res
     let stamp = app::wall_now_ms();
     let json = with_inputs(&base, &format!("bench-{stamp}"));
     let mut topics = Vec::new();
-    let (file, total) = generate_events(b.accounts, b.events, dir.path())?;
+    let (file, total) = generate_events(b.accounts, b.events, dir)?;
     writeln!(out, "Generated {total} events ({} accounts).", b.accounts)?;
     // Only what a contender reads goes to the broker (embedded alone needs no topic at all).
     let proto = with_inputs(&base, &format!("bench-{stamp}-pb"));
@@ -959,26 +976,26 @@ pub fn kafka(base: &Config, b: &KafkaBench, out: &mut dyn std::io::Write) -> Res
     let mut to_check: Vec<(Contender, Config)> = Vec::new();
     // Application ids of the peer runs: their internal topics are deleted at the end too.
     let mut peer_apps: Vec<String> = Vec::new();
-    for &c in &contenders {
+    for &c in contenders {
         writeln!(out, "Running: {} …", c.label())?;
         let row = match c {
-            Contender::Raw => run_raw(&json, total, dir.path())?,
+            Contender::Raw => run_raw(&json, total, dir)?,
             Contender::KafkaJson | Contender::KafkaProtobuf => {
                 let inputs = if c.reads_protobuf() { &proto } else { &json };
-                let row = run_rapport_kafka(inputs, c, total, dir.path())?;
+                let row = run_rapport_kafka(inputs, c, total, dir)?;
                 let outs = with_outputs(inputs, c.tag());
                 topics.extend(topic_names(&outs));
                 to_check.push((c, outs));
                 row
             }
             Contender::Embedded => {
-                let (row, outputs) = run_embedded(&json, &file, total, dir.path())?;
+                let (row, outputs) = run_embedded(&json, &file, total, dir)?;
                 let text = std::fs::read(outputs.join("churn_alerts.ndjson"))?;
                 reference = Some(alert_keys(text.split(|&b| b == b'\n').filter(|l| !l.is_empty())));
                 row
             }
             Contender::StreamsAlos | Contender::StreamsEos => {
-                let (row, outs) = run_peer(&b.peer, &json, c, total, dir.path())?;
+                let (row, outs) = run_peer(&b.peer, &json, c, total, dir)?;
                 topics.extend(topic_names(&outs));
                 peer_apps.push(outs.kafka.group_id.clone());
                 to_check.push((c, outs));
@@ -1033,7 +1050,7 @@ pub fn kafka(base: &Config, b: &KafkaBench, out: &mut dyn std::io::Write) -> Res
                 continue;
             }
             writeln!(out, "Latency at {rate:.0} events/s for {} s: {} …", b.latency_seconds, row.contender.label())?;
-            match measure_latency(b, &base, row.contender, &lines, rate, dir.path(), &mut topics) {
+            match measure_latency(b, &base, row.contender, &lines, rate, dir, &mut topics) {
                 Ok(l) => {
                     writeln!(out, "  p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} probes).", l.p50_ms, l.p99_ms, l.max_ms, l.samples)?;
                     row.latency = Some(l);

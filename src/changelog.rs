@@ -79,8 +79,13 @@ pub fn state_key(account: &str) -> String {
     format!("s:{account}")
 }
 
-pub fn chunk_key(day: i32, writer: &[u8; 16], seq: u64) -> String {
-    format!("d:{day}:{}:{seq}", hex(writer))
+/// The key of a batch's `part`-th dedup chunk of one partition (the first one has no part
+/// number, as before chunks were split).
+pub fn chunk_key(day: i32, writer: &[u8; 16], seq: u64, part: usize) -> String {
+    match part {
+        0 => format!("d:{day}:{}:{seq}", hex(writer)),
+        _ => format!("d:{day}:{}:{seq}:{part}", hex(writer)),
+    }
 }
 
 pub fn hex(b: &[u8]) -> String {
@@ -201,8 +206,11 @@ mod tests {
     fn keys_round_trip() {
         assert_eq!(parse_key(&state_key("acme:eu")), Some(Key::State("acme:eu")));
         assert_eq!(parse_key(&checkpoint_key(&[3; 16])), Some(Key::Checkpoint));
-        let k = chunk_key(-3, &[0xab; 16], 42);
+        let k = chunk_key(-3, &[0xab; 16], 42, 0);
         assert_eq!(parse_key(&k), Some(Key::Chunk { day: -3 }));
+        let k2 = chunk_key(-3, &[0xab; 16], 42, 2);
+        assert_ne!(k, k2);
+        assert_eq!(parse_key(&k2), Some(Key::Chunk { day: -3 }));
         assert_eq!(parse_key("x"), None);
         assert_eq!(parse_key("d:notaday:1"), None);
     }

@@ -105,6 +105,9 @@ struct Written {
 }
 
 const NO_EVENT: u32 = u32::MAX;
+/// The most dedup marks in one changelog chunk record: about 320 KB (16-byte hash and a day
+/// each), well under the 1 MB that Kafka takes by default whatever `pipeline.batch_max_records`.
+pub const MAX_CHUNK_MARKS: usize = 16_384;
 
 /// The accounts of one batch: entries in a vector, found by state key through `index`. Events
 /// are matched to their entry once, before the fold, so the fold itself does no lookups.
@@ -1098,20 +1101,28 @@ impl Pipeline {
         if let Some(cl) = &self.changelog {
             // One chunk per partition with the marks this batch added, and tombstones for the
             // chunks whose every mark has left the dedup window.
-            let mut chunks: std::collections::BTreeMap<u16, crate::pb::DedupChunk> = Default::default();
+            // A partition's marks go in chunks of at most `MAX_CHUNK_MARKS`, so that a large
+            // batch cannot make a record over the broker's size limit.
+            let mut chunks: std::collections::BTreeMap<u16, Vec<crate::pb::DedupChunk>> = Default::default();
             for &i in &x.order {
                 if let Some(day) = x.new_mark[i as usize] {
                     let (p, hash) = x.dkeys[i as usize];
-                    let c = chunks.entry(p).or_default();
+                    let list = chunks.entry(p).or_default();
+                    if list.last().is_none_or(|c| c.days.len() >= MAX_CHUNK_MARKS) {
+                        list.push(Default::default());
+                    }
+                    let c = list.last_mut().expect("pushed above");
                     c.hashes.extend_from_slice(&hash.to_be_bytes());
                     c.days.push(day);
                 }
             }
-            for (p, c) in &chunks {
-                let day = c.days.iter().copied().max().unwrap_or(0);
-                let key = crate::changelog::chunk_key(day, &cl.writer_of(*p), self.next_seq);
-                w.put(Cf::Meta, &keys::chunk_key(*p, day, &key), &[]);
-                cl_rows.push(cl.chunk(*p, self.next_seq, key, c));
+            for (p, list) in &chunks {
+                for (part, c) in list.iter().enumerate() {
+                    let day = c.days.iter().copied().max().unwrap_or(0);
+                    let key = crate::changelog::chunk_key(day, &cl.writer_of(*p), self.next_seq, part);
+                    w.put(Cf::Meta, &keys::chunk_key(*p, day, &key), &[]);
+                    cl_rows.push(cl.chunk(*p, self.next_seq, key, c));
+                }
             }
             for &p in &touched {
                 let horizon = day_of(self.clocks[p as usize]) - retention;

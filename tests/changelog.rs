@@ -397,3 +397,72 @@ proptest! {
         same_state(&fourth, &want, p, &what)?;
     }
 }
+
+/// A batch with more new dedup marks on one partition than one chunk record may hold: the
+/// marks go out in several chunks, each within `MAX_CHUNK_MARKS` (so within the broker's
+/// record size limit whatever the batch size), and a restore from them holds every mark.
+#[test]
+fn a_large_batch_splits_its_dedup_marks_into_chunks_a_restore_takes_back_whole() {
+    use rapport::pipeline::MAX_CHUNK_MARKS;
+    let p = Portfolio::new(GenSpec {
+        accounts: 800,
+        days: 60,
+        seed: 5,
+        usage_per_day: 4.0,
+        ..GenSpec::default()
+    });
+    let mut lines = Vec::new();
+    for ev in p.events() {
+        if partition_for(&ev.account_id, PARTITIONS) == 0 {
+            let mut l = Vec::new();
+            rapport::codec::json::encode_event(&ev, &mut l);
+            lines.push(l);
+        }
+        if lines.len() == MAX_CHUNK_MARKS * 2 + 100 {
+            break;
+        }
+    }
+    assert_eq!(lines.len(), MAX_CHUNK_MARKS * 2 + 100, "the portfolio is large enough");
+    let recs: Vec<(u16, u64, &[u8])> = lines.iter().enumerate().map(|(o, l)| (0, o as u64, l.as_slice())).collect();
+    let store = Arc::new(MemoryStore::new());
+    let st: Arc<dyn Store> = store.clone();
+    let mut pipe = Pipeline::open(config(), st).unwrap();
+    pipe.enable_changelog(changelog()).unwrap();
+    pipe.open_changelog(0);
+    let sources: Vec<String> = (0..PARTITIONS).map(source_key).collect();
+    let mut sink = GateSink::default();
+    let report = pipe.process(&batch_of(&recs), &sources, None, &mut sink).unwrap();
+    pipe.finish(&mut sink).unwrap();
+
+    let log = published(&sink, 0);
+    let chunks: Vec<usize> = log
+        .iter()
+        .filter(|r| r.key.starts_with("d:"))
+        .map(|r| {
+            use prost::Message;
+            let c = rapport::pb::DedupChunk::decode(r.value.as_deref().unwrap()).unwrap();
+            rapport::changelog::chunk_marks(&c).count()
+        })
+        .collect();
+    assert!(chunks.len() >= 3, "marks in {} chunk(s): {chunks:?}", chunks.len());
+    assert!(chunks.iter().all(|&n| n <= MAX_CHUNK_MARKS), "chunk sizes {chunks:?}");
+    let keys: BTreeSet<&str> = log.iter().filter(|r| r.key.starts_with("d:")).map(|r| r.key.as_str()).collect();
+    assert_eq!(keys.len(), chunks.len(), "every chunk has a key of its own (compaction keeps them all)");
+    let marks = store.dump(Cf::Dedup).len();
+    assert_eq!(chunks.iter().sum::<usize>() as u64, report.folded, "one mark per folded event");
+    assert_eq!(marks as u64, report.folded);
+
+    let restored = Arc::new(MemoryStore::new());
+    let st: Arc<dyn Store> = restored.clone();
+    let mut pipe = Pipeline::open(config(), st).unwrap();
+    pipe.enable_changelog(changelog_of([8; 16])).unwrap();
+    pipe.begin_restore(0).unwrap();
+    let mut buf = RestoreBuffer::default();
+    for r in &log {
+        if let Some(group) = buf.push(r.clone()) {
+            pipe.apply_restored(0, &group).unwrap();
+        }
+    }
+    pipe.end_restore(0).unwrap();
+    assert_eq!(dump_partition(&restored, 0), dump_partition(&store, 0), "states, timers, dedup marks and positions");
+}

@@ -262,7 +262,11 @@ where
                 producer.poll(Duration::from_millis(50));
             }
             Err((e, back)) => {
-                return Err(SinkError::Other(format!("cannot produce to {}: {e}", back.topic)));
+                let bytes = back.payload.map_or(0, |p| p.to_bytes().len());
+                return Err(SinkError::Other(format!(
+                    "cannot produce a {bytes}-byte record to {}: {e}",
+                    back.topic
+                )));
             }
         }
     }

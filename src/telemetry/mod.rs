@@ -86,6 +86,7 @@ impl BatchCommitted<'_> {
             duplicates = r.duplicates,
             dead_lettered = r.dead_lettered,
             scores = r.scores,
+            write_bytes = r.write_bytes,
             commit_ms = r.commit_seconds * 1000.0,
             "Batch committed."
         );
