@@ -147,12 +147,13 @@ pub struct RunOptions {
 pub fn run_embedded(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
     let store: Arc<dyn Store> = Arc::new(RocksStore::open(&cfg.store)?);
     let mut pipeline = Pipeline::open(Arc::clone(&cfg), Arc::clone(&store))?;
-    pipeline.set_json_only(true);
     let mut source = FileSource::open(
         &cfg.embedded.input,
         cfg.embedded.follow,
         cfg.engine.max_record_bytes,
     )?;
+    // A line of an NDJSON file is JSON or nothing; a .pb file's records are protobuf (or JSON).
+    pipeline.set_json_only(!source.reads_protobuf());
     source.resume(pipeline.positions())?;
     let mut sink = FileSink::open(&cfg.embedded.output_dir)?;
     let mut summary = RunSummary {
@@ -1157,28 +1158,46 @@ pub fn write_portfolio(
     write_events(portfolio.events(), path, bad_every)
 }
 
-/// Writes events as NDJSON in the input contract, with one malformed record after every
-/// `bad_every` events (0: none); returns (events, malformed records) written.
+/// Writes events in the input contract, with one malformed record after every `bad_every`
+/// events (0: none); returns (events, malformed records) written. The file's extension picks the
+/// format: `.pb` / `.binpb` length-delimited protobuf, anything else NDJSON.
 pub fn write_events(
     events: impl IntoIterator<Item = crate::domain::event::Event>,
     path: &Path,
     bad_every: u64,
 ) -> Result<(u64, u64)> {
+    use crate::source::file::{FileFormat, format_of};
     let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+    let format = format_of(path);
     let bad = crate::generate::malformed_records(7);
     let (mut n, mut nbad) = (0u64, 0u64);
-    let mut line = Vec::with_capacity(512);
+    let mut rec = Vec::with_capacity(512);
+    let write = |w: &mut std::io::BufWriter<std::fs::File>, rec: &[u8]| -> std::io::Result<()> {
+        match format {
+            FileFormat::Ndjson => {
+                w.write_all(rec)?;
+                w.write_all(b"\n")
+            }
+            FileFormat::Protobuf => {
+                let mut len = Vec::with_capacity(10);
+                prost::encoding::encode_varint(rec.len() as u64, &mut len);
+                w.write_all(&len)?;
+                w.write_all(rec)
+            }
+        }
+    };
     for ev in events {
-        line.clear();
-        crate::codec::json::encode_event(&ev, &mut line);
-        line.push(b'\n');
-        w.write_all(&line)?;
+        rec.clear();
+        match format {
+            FileFormat::Ndjson => crate::codec::json::encode_event(&ev, &mut rec),
+            FileFormat::Protobuf => rec = crate::codec::proto::encode_event(&ev),
+        }
+        write(&mut w, &rec)?;
         n += 1;
         if bad_every > 0 && n % bad_every == 0 {
-            let (_, rec) = &bad[(nbad as usize) % bad.len()];
-            w.write_all(rec)?;
-            w.write_all(b"\n")?;
+            let (_, bad_rec) = &bad[(nbad as usize) % bad.len()];
+            write(&mut w, bad_rec)?;
             nbad += 1;
         }
     }

@@ -34,6 +34,8 @@ pub enum Contender {
     KafkaProtobuf,
     /// rapport in embedded mode, the same events from an NDJSON file.
     Embedded,
+    /// rapport in embedded mode, the same events from a length-delimited protobuf file.
+    EmbeddedProtobuf,
     /// The Kafka Streams peer (benches/peers/kafka-streams), at-least-once.
     StreamsAlos,
     /// The Kafka Streams peer, exactly_once_v2.
@@ -41,11 +43,12 @@ pub enum Contender {
 }
 
 impl Contender {
-    pub const ALL: [Contender; 6] = [
+    pub const ALL: [Contender; 7] = [
         Contender::Raw,
         Contender::KafkaJson,
         Contender::KafkaProtobuf,
         Contender::Embedded,
+        Contender::EmbeddedProtobuf,
         Contender::StreamsAlos,
         Contender::StreamsEos,
     ];
@@ -56,6 +59,7 @@ impl Contender {
             Contender::KafkaJson => "rapport, Kafka mode, JSON",
             Contender::KafkaProtobuf => "rapport, Kafka mode, protobuf",
             Contender::Embedded => "rapport, embedded, NDJSON file",
+            Contender::EmbeddedProtobuf => "rapport, embedded, protobuf file",
             Contender::StreamsAlos => "Kafka Streams peer, at-least-once",
             Contender::StreamsEos => "Kafka Streams peer, exactly_once_v2",
         }
@@ -67,6 +71,7 @@ impl Contender {
             Contender::KafkaJson => "json",
             Contender::KafkaProtobuf => "protobuf",
             Contender::Embedded => "embedded",
+            Contender::EmbeddedProtobuf => "embedded-pb",
             Contender::StreamsAlos => "ks-alos",
             Contender::StreamsEos => "ks-eos",
         }
@@ -82,7 +87,11 @@ impl Contender {
 
     /// Whether it reads the JSON input topics (every contender but embedded and protobuf).
     fn reads_kafka_json(self) -> bool {
-        !matches!(self, Contender::Embedded | Contender::KafkaProtobuf)
+        !matches!(self, Contender::Embedded | Contender::EmbeddedProtobuf | Contender::KafkaProtobuf)
+    }
+
+    fn is_embedded(self) -> bool {
+        matches!(self, Contender::Embedded | Contender::EmbeddedProtobuf)
     }
 }
 
@@ -239,6 +248,31 @@ fn head_lines(from: &Path, to: &Path, n: u64) -> Result<u64> {
     }
     w.flush()?;
     Ok(count)
+}
+
+/// The events of an NDJSON file as a length-delimited protobuf file (in the same order), as
+/// `rapport generate --out FILE.pb` writes them.
+fn ndjson_to_protobuf(from: &Path, to: &Path) -> Result<u64> {
+    use std::io::{BufRead, Write};
+    let limits = crate::codec::DecodeLimits {
+        max_record_bytes: usize::MAX,
+        max_id_bytes: usize::MAX,
+    };
+    let r = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(from)?);
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(to)?);
+    let (mut n, mut len) = (0u64, Vec::with_capacity(10));
+    for line in r.split(b'\n') {
+        let ev = crate::codec::json::decode_json(&line?, &limits)
+            .map_err(|e| anyhow::anyhow!("{}: line {} is not a valid event: {}", from.display(), n + 1, e.detail))?;
+        let rec = crate::codec::proto::encode_event(&ev);
+        len.clear();
+        prost::encoding::encode_varint(rec.len() as u64, &mut len);
+        w.write_all(&len)?;
+        w.write_all(&rec)?;
+        n += 1;
+    }
+    w.flush()?;
+    Ok(n)
 }
 
 /// What a finished child process used: CPU seconds (user + system, its waited-for children
@@ -471,29 +505,29 @@ fn run_rapport_kafka(cfg: &Config, contender: Contender, total: u64, dir: &Path)
 }
 
 /// rapport in embedded mode on the events file, a child process, to its end.
-fn run_embedded(cfg: &Config, file: &Path, total: u64, dir: &Path) -> Result<(Row, PathBuf)> {
+fn run_embedded(cfg: &Config, contender: Contender, file: &Path, total: u64, dir: &Path) -> Result<(Row, PathBuf)> {
     let mut c = Config::defaults();
     c.engine = cfg.engine.clone();
     c.engine.timer_clock = TimerClock::Event;
     c.store = cfg.store.clone();
-    c.store.data_dir = dir.join("data-embedded");
+    c.store.data_dir = dir.join(format!("data-{}", contender.tag()));
     c.pipeline = cfg.pipeline.clone();
     c.scorecard = cfg.scorecard.clone();
     c.alerts = cfg.alerts.clone();
     c.telemetry.listen = String::new();
     c.embedded.input = file.display().to_string();
-    let outputs = dir.join("out-embedded");
+    let outputs = dir.join(format!("out-{}", contender.tag()));
     c.embedded.output_dir = outputs.clone();
     let t0 = Instant::now();
-    let (child, log) = spawn_self(&["run", "--quiet"], &c, dir, "embedded", std::process::Stdio::null())?;
+    let (child, log) = spawn_self(&["run", "--quiet"], &c, dir, contender.tag(), std::process::Stdio::null())?;
     let u = wait_usage(&child, PeakRss::watch(&child))?;
     let secs = t0.elapsed().as_secs_f64();
     if u.exit != Some(0) {
-        bail!("rapport (embedded) failed; its log is {}", log.display());
+        bail!("rapport ({}) failed; its log is {}", contender.tag(), log.display());
     }
     Ok((
         Row {
-            contender: Contender::Embedded,
+            contender,
             events: total,
             seconds: secs,
             cpu_seconds: u.cpu_seconds,
@@ -973,6 +1007,9 @@ fn kafka_in(
 
     let mut rows = Vec::new();
     let mut reference: Option<std::collections::BTreeMap<AlertKey, u32>> = None;
+    let mut reference_name = "rapport's embedded run";
+    // The embedded protobuf run's alerts, when the NDJSON run is the reference.
+    let mut embedded_pb_alerts = None;
     let mut to_check: Vec<(Contender, Config)> = Vec::new();
     // Application ids of the peer runs: their internal topics are deleted at the end too.
     let mut peer_apps: Vec<String> = Vec::new();
@@ -989,9 +1026,26 @@ fn kafka_in(
                 row
             }
             Contender::Embedded => {
-                let (row, outputs) = run_embedded(&json, &file, total, dir)?;
+                let (row, outputs) = run_embedded(&json, c, &file, total, dir)?;
                 let text = std::fs::read(outputs.join("churn_alerts.ndjson"))?;
                 reference = Some(alert_keys(text.split(|&b| b == b'\n').filter(|l| !l.is_empty())));
+                row
+            }
+            Contender::EmbeddedProtobuf => {
+                let pb = dir.join("events.pb");
+                if !pb.exists() {
+                    ndjson_to_protobuf(&file, &pb)?;
+                }
+                let (row, outputs) = run_embedded(&json, c, &pb, total, dir)?;
+                let text = std::fs::read(outputs.join("churn_alerts.ndjson"))?;
+                let keys = alert_keys(text.split(|&b| b == b'\n').filter(|l| !l.is_empty()));
+                match reference {
+                    None => {
+                        reference = Some(keys);
+                        reference_name = "rapport's embedded protobuf run";
+                    }
+                    Some(_) => embedded_pb_alerts = Some(keys),
+                }
                 row
             }
             Contender::StreamsAlos | Contender::StreamsEos => {
@@ -1009,7 +1063,6 @@ fn kafka_in(
     // Alerts: every contender against the embedded run (or, without one, against rapport in
     // Kafka mode on JSON).
     let mut alert_checks = Vec::new();
-    let mut reference_name = "rapport's embedded run";
     if reference.is_none() {
         reference_name = "rapport's Kafka-mode JSON run";
         if let Some(i) = to_check.iter().position(|(c, _)| *c == Contender::KafkaJson) {
@@ -1019,10 +1072,16 @@ fn kafka_in(
         }
     }
     if let Some(reference) = &reference {
+        let mut theirs_of = Vec::new();
+        if let Some(keys) = embedded_pb_alerts {
+            theirs_of.push((Contender::EmbeddedProtobuf, keys));
+        }
         for (c, cfg) in &to_check {
             let recs = read_topic(cfg, &cfg.kafka.output_topics.churn_alerts)?;
-            let theirs = alert_keys(recs.iter().map(Vec::as_slice));
-            let (only_ours, only_theirs) = alert_difference(reference, &theirs);
+            theirs_of.push((*c, alert_keys(recs.iter().map(Vec::as_slice))));
+        }
+        for (c, theirs) in &theirs_of {
+            let (only_ours, only_theirs) = alert_difference(reference, theirs);
             alert_checks.push((*c, only_ours.len(), only_theirs.len(), reference.len()));
             for k in only_ours.iter().take(3) {
                 writeln!(out, "  only rapport: {k:?}")?;
@@ -1046,7 +1105,7 @@ fn kafka_in(
             .take(((rate * b.latency_seconds as f64) as usize + 1).min(2_000_000))
             .collect::<std::io::Result<_>>()?;
         for row in rows.iter_mut() {
-            if matches!(row.contender, Contender::Raw | Contender::Embedded) {
+            if row.contender == Contender::Raw || row.contender.is_embedded() {
                 continue;
             }
             writeln!(out, "Latency at {rate:.0} events/s for {} s: {} …", b.latency_seconds, row.contender.label())?;

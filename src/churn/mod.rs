@@ -16,7 +16,6 @@ pub mod report;
 pub mod sim;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::io::BufRead;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -29,6 +28,8 @@ use crate::domain::fold::fold;
 use crate::domain::score::{self, Values};
 use crate::domain::state::new_state;
 use crate::pb::AccountState;
+use crate::source::file::FileSource;
+use crate::source::{Poll, Source};
 
 /// When and how far ahead to look.
 #[derive(Debug, Clone, Copy)]
@@ -120,23 +121,28 @@ pub fn read_history(inputs: &[impl AsRef<Path>], cfg: &Config) -> Result<(Vec<Ev
         anyhow::bail!("no history given: pass NDJSON files of events (or a directory of them) with churn marked by closed_won cancellation deals.");
     }
     let (mut events, mut rejected) = (Vec::new(), 0u64);
+    let mut batch = crate::source::InputBatch::default();
     for f in files {
-        let file = std::fs::File::open(&f)
+        // The same reader as `rapport run`: NDJSON lines, or length-delimited protobuf in .pb.
+        let mut src = FileSource::open(&f.display().to_string(), false, cfg.engine.max_record_bytes)
             .with_context(|| format!("cannot read the history file {}; pass an existing NDJSON file", f.display()))?;
-        let mut r = std::io::BufReader::with_capacity(1 << 20, file);
-        let mut line = Vec::new();
         loop {
-            line.clear();
-            if r.read_until(b'\n', &mut line)? == 0 {
+            batch.clear();
+            let poll = src
+                .poll(10_000, std::time::Duration::ZERO, &mut batch)
+                .with_context(|| format!("reading the history file {}", f.display()))?;
+            for r in &batch.records {
+                let rec = batch.bytes(r);
+                if r.oversized.is_none() && rec.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                match r.oversized.map_or_else(|| crate::codec::decode(rec, &limits).ok(), |_| None) {
+                    Some(ev) => events.push(ev),
+                    None => rejected += 1,
+                }
+            }
+            if poll != Poll::Records {
                 break;
-            }
-            let rec = line.strip_suffix(b"\n").unwrap_or(&line);
-            if rec.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            match crate::codec::decode(rec, &limits) {
-                Ok(ev) => events.push(ev),
-                Err(_) => rejected += 1,
             }
         }
     }
