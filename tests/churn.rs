@@ -122,7 +122,7 @@ fn bad_arguments_and_histories_get_one_sentence_each() {
     };
     let missing = dir.path().join("nope.ndjson");
     let e = run(&["evaluate", missing.to_str().unwrap()]);
-    assert!(e.contains("nope.ndjson") && e.contains("Pass an existing NDJSON file"), "{e}");
+    assert!(e.contains("nope.ndjson") && e.contains("Pass an existing NDJSON or .pb file"), "{e}");
 
     let short = dir.path().join("short.ndjson");
     let spec = SimSpec { accounts: 5, days: 61, ..SimSpec::default() };
