@@ -445,7 +445,8 @@ pub struct PipelineConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddedConfig {
-    /// NDJSON input: a file, a directory (its `*.ndjson`/`*.jsonl` files in name order) or "-".
+    /// Input: an NDJSON or length-delimited protobuf (`.pb` / `.binpb`) file, a directory (its
+    /// event files in name order) or "-" (NDJSON on stdin).
     pub input: String,
     /// Where `health_scores.ndjson`, `churn_alerts.ndjson` and `dlq.ndjson` are written.
     pub output_dir: PathBuf,

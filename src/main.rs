@@ -31,9 +31,9 @@ struct Cli {
 enum Cmd {
     /// Generate a synthetic portfolio, run it through the engine and print what a customer-success lead would see.
     Demo(DemoArgs),
-    /// Run the job: NDJSON files in, RocksDB state, health scores and churn alerts out.
+    /// Run the job: event files (NDJSON or length-delimited protobuf) in, RocksDB state, health scores and churn alerts out.
     Run(RunArgs),
-    /// Write a synthetic portfolio as NDJSON (input for `run`, tests and benchmarks).
+    /// Write a synthetic portfolio as NDJSON, or as length-delimited protobuf for a .pb / .binpb name (input for `run`, tests and benchmarks).
     Generate(GenerateArgs),
     /// Show one account's state, score, components, drivers and open alerts from the store.
     Inspect(InspectArgs),
@@ -163,7 +163,7 @@ struct CommonArgs {
 struct RunArgs {
     #[command(flatten)]
     common: CommonArgs,
-    /// NDJSON input: a file, a directory of *.ndjson files, or - for stdin (overrides embedded.input).
+    /// Input: an NDJSON or .pb (length-delimited protobuf) file, a directory of them, or - for NDJSON on stdin (overrides embedded.input).
     #[arg(long, short)]
     input: Option<String>,
     /// Output directory for health_scores.ndjson, churn_alerts.ndjson, dlq.ndjson (overrides embedded.output_dir).
