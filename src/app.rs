@@ -1179,12 +1179,7 @@ pub fn write_events(
                 w.write_all(rec)?;
                 w.write_all(b"\n")
             }
-            FileFormat::Protobuf => {
-                let mut len = Vec::with_capacity(10);
-                prost::encoding::encode_varint(rec.len() as u64, &mut len);
-                w.write_all(&len)?;
-                w.write_all(rec)
-            }
+            FileFormat::Protobuf => crate::source::file::write_delimited(w, rec),
         }
     };
     for ev in events {

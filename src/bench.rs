@@ -260,15 +260,11 @@ fn ndjson_to_protobuf(from: &Path, to: &Path) -> Result<u64> {
     };
     let r = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(from)?);
     let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(to)?);
-    let (mut n, mut len) = (0u64, Vec::with_capacity(10));
+    let mut n = 0u64;
     for line in r.split(b'\n') {
         let ev = crate::codec::json::decode_json(&line?, &limits)
             .map_err(|e| anyhow::anyhow!("{}: line {} is not a valid event: {}", from.display(), n + 1, e.detail))?;
-        let rec = crate::codec::proto::encode_event(&ev);
-        len.clear();
-        prost::encoding::encode_varint(rec.len() as u64, &mut len);
-        w.write_all(&len)?;
-        w.write_all(&rec)?;
+        crate::source::file::write_delimited(&mut w, &crate::codec::proto::encode_event(&ev))?;
         n += 1;
     }
     w.flush()?;

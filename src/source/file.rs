@@ -34,6 +34,17 @@ pub fn format_of(path: &Path) -> FileFormat {
     }
 }
 
+/// Writes one record of a length-delimited protobuf file: its length as a varint, then the
+/// record.
+pub fn write_delimited(w: &mut impl std::io::Write, rec: &[u8]) -> std::io::Result<()> {
+    let mut len = [0u8; 10];
+    let mut at = &mut len[..];
+    prost::encoding::encode_varint(rec.len() as u64, &mut at);
+    let n = 10 - at.len();
+    w.write_all(&len[..n])?;
+    w.write_all(rec)
+}
+
 /// One record read from a file.
 struct Taken {
     /// Bytes of the file it took, framing included.
@@ -404,8 +415,7 @@ mod tests {
     fn delimited(records: &[Vec<u8>]) -> Vec<u8> {
         let mut out = Vec::new();
         for r in records {
-            prost::encoding::encode_varint(r.len() as u64, &mut out);
-            out.extend_from_slice(r);
+            write_delimited(&mut out, r).unwrap();
         }
         out
     }
