@@ -356,9 +356,9 @@ fn run_args(a: &RunArgs) -> Result<Config> {
 
 /// Transparent huge pages off for this process, unless `MIMALLOC_ALLOW_THP` is set (mimalloc
 /// then does what it says). With THP every first touch of an allocator region zeroes 2 MiB: a
-/// quarter of the batch loop's time in a profile of Kafka mode at 1,000,000 accounts, and
-/// 7–17% of an embedded run (BENCHMARKS.md). RocksDB's tuning guide gives the same advice. The
-/// setting is inherited by child processes.
+/// quarter of the batch loop's time in a profile of Kafka mode at 1,000,000 accounts; turning
+/// THP off made embedded runs 6–7% faster (BENCHMARKS.md). The setting is inherited by child
+/// processes.
 fn disable_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
