@@ -1383,12 +1383,111 @@ pub fn scale(base: &Config, b: &ScaleBench, out: &mut dyn std::io::Write) -> Res
 
 // --- rapport bench curve ------------------------------------------------------------------------
 
+/// One point of a curve's CSV: accounts, events, contender tag, events/s, peak RSS MiB.
+pub type CurvePoint = (u64, u64, String, f64, f64);
+
+/// The points of a CSV that `bench curve` wrote.
+pub fn read_curve_csv(path: &Path) -> Result<Vec<CurvePoint>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut points = Vec::new();
+    for (i, line) in text.lines().enumerate().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let bad = || anyhow::anyhow!("{} line {}: expected accounts,events,contender,events_per_second,cpu_seconds_per_million,peak_rss_mib (as `rapport bench curve` writes it)", path.display(), i + 1);
+        if f.len() != 6 {
+            return Err(bad());
+        }
+        let num = |s: &str| s.parse::<f64>().map_err(|_| bad());
+        points.push((num(f[0])? as u64, num(f[1])? as u64, f[2].to_owned(), num(f[3])?, num(f[5])?));
+    }
+    Ok(points)
+}
+
+/// The curve as an SVG image: for each event count, events/s and peak RSS against accounts
+/// (both axes logarithmic), one line per contender.
+pub fn plot_curve(points: &[CurvePoint], out: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    let mut event_counts: Vec<u64> = points.iter().map(|p| p.1).collect();
+    event_counts.sort_unstable();
+    event_counts.dedup();
+    if event_counts.is_empty() {
+        bail!("the curve has no points to plot");
+    }
+    let mut tags: Vec<&str> = Vec::new();
+    for p in points {
+        if !tags.contains(&p.2.as_str()) {
+            tags.push(&p.2);
+        }
+    }
+    let root = SVGBackend::new(out, (1000, 420 * event_counts.len() as u32)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let rows = root.split_evenly((event_counts.len(), 2));
+    let span = |v: &mut dyn Iterator<Item = f64>| {
+        let (lo, hi) = v.fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(x), hi.max(x)));
+        (lo / 1.5, hi * 1.5)
+    };
+    for (row, &events) in event_counts.iter().enumerate() {
+        let here: Vec<&CurvePoint> = points.iter().filter(|p| p.1 == events).collect();
+        let (a_lo, a_hi) = span(&mut here.iter().map(|p| p.0 as f64));
+        for (col, (what, value)) in [
+            ("events/s", &(|p: &CurvePoint| p.3) as &dyn Fn(&CurvePoint) -> f64),
+            ("peak RSS, MiB", &|p: &CurvePoint| p.4),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (v_lo, v_hi) = span(&mut here.iter().map(|p| value(p).max(1.0)));
+            // Headroom above the highest point for the legend.
+            let v_hi = v_hi * 6.0;
+            let area = &rows[row * 2 + col];
+            let mut chart = ChartBuilder::on(area)
+                .caption(format!("{what}, {events} events"), ("sans-serif", 18))
+                .margin(10)
+                .x_label_area_size(36)
+                .y_label_area_size(64)
+                .build_cartesian_2d((a_lo..a_hi).log_scale(), (v_lo..v_hi).log_scale())?;
+            chart
+                .configure_mesh()
+                .x_desc("accounts")
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .y_label_formatter(&|y| format!("{y:.0}"))
+                .draw()?;
+            for (i, tag) in tags.iter().enumerate() {
+                let color = Palette99::pick(i).to_rgba();
+                let mut line: Vec<(f64, f64)> = here
+                    .iter()
+                    .filter(|p| p.2 == *tag)
+                    .map(|p| (p.0 as f64, value(p).max(1.0)))
+                    .collect();
+                line.sort_by(|a, b| a.0.total_cmp(&b.0));
+                if line.is_empty() {
+                    continue;
+                }
+                chart
+                    .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))?
+                    .label(*tag)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+                chart.draw_series(line.iter().map(|&(x, y)| Circle::new((x, y), 3, color.filled())))?;
+            }
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .position(SeriesLabelPosition::UpperRight)
+                .draw()?;
+        }
+    }
+    root.present()?;
+    Ok(())
+}
+
 pub struct CurveBench {
     pub accounts: Vec<usize>,
     pub events: Vec<u64>,
     pub contenders: Vec<Contender>,
     pub peer: PathBuf,
     pub csv: PathBuf,
+    /// Where to draw the curve as SVG (redrawn after every size), if anywhere.
+    pub plot: Option<PathBuf>,
 }
 
 /// `rapport bench curve`: `bench kafka` (no latency phase) at every size; one table of
@@ -1419,6 +1518,9 @@ pub fn curve(base: &Config, c: &CurveBench, out: &mut dyn std::io::Write) -> Res
                 ));
             }
             std::fs::write(&c.csv, &csv)?;
+            if let Some(svg) = &c.plot {
+                plot_curve(&read_curve_csv(&c.csv)?, svg)?;
+            }
             points.push((accounts, events, r.rows));
         }
     }
@@ -1456,13 +1558,45 @@ pub fn curve(base: &Config, c: &CurveBench, out: &mut dyn std::io::Write) -> Res
         t.add_row(cells);
     }
     writeln!(out, "{t}")?;
-    writeln!(out, "Ratio: events/s against the same contender at the fewest accounts with the same event count. CSV: {}", c.csv.display())?;
+    writeln!(
+        out,
+        "Ratio: events/s against the same contender at the fewest accounts with the same event count. CSV: {}{}",
+        c.csv.display(),
+        c.plot.as_ref().map_or(String::new(), |p| format!("; plot: {}", p.display()))
+    )?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_curve_csv_is_drawn_with_every_contender_and_a_bad_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("c.csv");
+        std::fs::write(
+            &csv,
+            "accounts,events,contender,events_per_second,cpu_seconds_per_million,peak_rss_mib\n\
+             10000,1000000,json,319476,5.23,558\n100000,1000000,json,196796,8.50,970\n\
+             10000,1000000,ks-alos,23501,57.47,1098\n100000,1000000,ks-alos,29824,54.28,1499\n\
+             10000,10000000,json,150000,9.0,900\n",
+        )
+        .unwrap();
+        let points = read_curve_csv(&csv).unwrap();
+        assert_eq!(points.len(), 5);
+        assert_eq!(points[1], (100000, 1000000, "json".to_owned(), 196796.0, 970.0));
+        let svg = dir.path().join("c.svg");
+        plot_curve(&points, &svg).unwrap();
+        let text = std::fs::read_to_string(&svg).unwrap();
+        assert!(text.starts_with("<svg"), "{}", &text[..text.len().min(80)]);
+        for label in ["json", "ks-alos", "events/s, 1000000 events", "peak RSS, MiB, 10000000 events"] {
+            assert!(text.contains(label), "{label} is not drawn");
+        }
+        std::fs::write(&csv, "accounts,events\n10000,notanumber,json,1,2,3\n").unwrap();
+        let e = read_curve_csv(&csv).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("rapport bench curve"), "{e}");
+    }
 
     #[test]
     fn vm_hwm_is_read_from_proc_status() {

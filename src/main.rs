@@ -129,6 +129,17 @@ enum BenchWhat {
         /// Where to write the curve's CSV.
         #[arg(long, default_value = "bench-curve.csv")]
         csv: PathBuf,
+        /// Where to draw the curve as an SVG image (events/s and peak RSS against accounts).
+        #[arg(long, default_value = "bench-curve.svg")]
+        plot: PathBuf,
+    },
+    /// Draws a curve's CSV (as `bench curve` writes it) as an SVG image.
+    Plot {
+        /// The CSV.
+        csv: PathBuf,
+        /// The image to write.
+        #[arg(long, short, default_value = "bench-curve.svg")]
+        out: PathBuf,
     },
     /// Reads every record of the configured input topics and discards it; prints one JSON line
     /// (the raw-consume contender of `bench kafka`).
@@ -545,11 +556,17 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Bench { what: BenchWhat::Curve { common, accounts, events, contenders, peer, csv } } => {
+        Cmd::Bench { what: BenchWhat::Curve { common, accounts, events, contenders, peer, csv, plot } } => {
             let cfg = load(&common)?;
             telemetry::init_logs(&cfg.telemetry.log_format);
-            let c = rapport::bench::CurveBench { accounts, events, contenders, peer, csv };
+            let c = rapport::bench::CurveBench { accounts, events, contenders, peer, csv, plot: Some(plot) };
             rapport::bench::curve(&cfg, &c, &mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench { what: BenchWhat::Plot { csv, out } } => {
+            let points = rapport::bench::read_curve_csv(&csv)?;
+            rapport::bench::plot_curve(&points, &out)?;
+            println!("Drew {} points of {} into {}.", points.len(), csv.display(), out.display());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench { what: BenchWhat::RawConsume { common, expect } } => {
