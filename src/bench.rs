@@ -1002,10 +1002,8 @@ fn kafka_in(
     }
 
     let mut rows = Vec::new();
-    let mut reference: Option<std::collections::BTreeMap<AlertKey, u32>> = None;
-    let mut reference_name = "rapport's embedded run";
-    // The embedded protobuf run's alerts, when the NDJSON run is the reference.
-    let mut embedded_pb_alerts = None;
+    // The embedded runs' alerts, in contender order: the first is the reference.
+    let mut file_alerts: Vec<(Contender, std::collections::BTreeMap<AlertKey, u32>)> = Vec::new();
     let mut to_check: Vec<(Contender, Config)> = Vec::new();
     // Application ids of the peer runs: their internal topics are deleted at the end too.
     let mut peer_apps: Vec<String> = Vec::new();
@@ -1021,27 +1019,18 @@ fn kafka_in(
                 to_check.push((c, outs));
                 row
             }
-            Contender::Embedded => {
-                let (row, outputs) = run_embedded(&json, c, &file, total, dir)?;
-                let text = std::fs::read(outputs.join("churn_alerts.ndjson"))?;
-                reference = Some(alert_keys(text.split(|&b| b == b'\n').filter(|l| !l.is_empty())));
-                row
-            }
-            Contender::EmbeddedProtobuf => {
-                let pb = dir.join("events.pb");
-                if !pb.exists() {
-                    ndjson_to_protobuf(&file, &pb)?;
-                }
-                let (row, outputs) = run_embedded(&json, c, &pb, total, dir)?;
-                let text = std::fs::read(outputs.join("churn_alerts.ndjson"))?;
-                let keys = alert_keys(text.split(|&b| b == b'\n').filter(|l| !l.is_empty()));
-                match reference {
-                    None => {
-                        reference = Some(keys);
-                        reference_name = "rapport's embedded protobuf run";
+            Contender::Embedded | Contender::EmbeddedProtobuf => {
+                let input = match c {
+                    Contender::EmbeddedProtobuf => {
+                        let pb = dir.join("events.pb");
+                        ndjson_to_protobuf(&file, &pb)?;
+                        pb
                     }
-                    Some(_) => embedded_pb_alerts = Some(keys),
-                }
+                    _ => file.clone(),
+                };
+                let (row, outputs) = run_embedded(&json, c, &input, total, dir)?;
+                let text = std::fs::read(outputs.join("churn_alerts.ndjson"))?;
+                file_alerts.push((c, alert_keys(text.split(|&b| b == b'\n').filter(|l| !l.is_empty()))));
                 row
             }
             Contender::StreamsAlos | Contender::StreamsEos => {
@@ -1059,6 +1048,12 @@ fn kafka_in(
     // Alerts: every contender against the embedded run (or, without one, against rapport in
     // Kafka mode on JSON).
     let mut alert_checks = Vec::new();
+    let mut file_alerts = file_alerts.into_iter();
+    let (mut reference, mut reference_name) = match file_alerts.next() {
+        Some((Contender::EmbeddedProtobuf, keys)) => (Some(keys), "rapport's embedded protobuf run"),
+        Some((_, keys)) => (Some(keys), "rapport's embedded run"),
+        None => (None, ""),
+    };
     if reference.is_none() {
         reference_name = "rapport's Kafka-mode JSON run";
         if let Some(i) = to_check.iter().position(|(c, _)| *c == Contender::KafkaJson) {
@@ -1068,10 +1063,7 @@ fn kafka_in(
         }
     }
     if let Some(reference) = &reference {
-        let mut theirs_of = Vec::new();
-        if let Some(keys) = embedded_pb_alerts {
-            theirs_of.push((Contender::EmbeddedProtobuf, keys));
-        }
+        let mut theirs_of: Vec<_> = file_alerts.collect();
         for (c, cfg) in &to_check {
             let recs = read_topic(cfg, &cfg.kafka.output_topics.churn_alerts)?;
             theirs_of.push((*c, alert_keys(recs.iter().map(Vec::as_slice))));

@@ -133,12 +133,16 @@ pub fn read_history(inputs: &[impl AsRef<Path>], cfg: &Config) -> Result<(Vec<Ev
                 .with_context(|| format!("reading the history file {}", f.display()))?;
             for r in &batch.records {
                 let rec = batch.bytes(r);
-                if r.oversized.is_none() && rec.iter().all(u8::is_ascii_whitespace) {
+                if r.oversized.is_some() {
+                    rejected += 1;
                     continue;
                 }
-                match r.oversized.map_or_else(|| crate::codec::decode(rec, &limits).ok(), |_| None) {
-                    Some(ev) => events.push(ev),
-                    None => rejected += 1,
+                if rec.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                match crate::codec::decode(rec, &limits) {
+                    Ok(ev) => events.push(ev),
+                    Err(_) => rejected += 1,
                 }
             }
             if poll != Poll::Records {

@@ -248,37 +248,40 @@ impl FileSource {
             }
             if consumed == 10 {
                 buf.extend_from_slice(&header);
-                loop {
-                    let avail = reader.fill_buf()?;
-                    if avail.is_empty() {
-                        let kept = buf.len() - start;
-                        return Ok(Taken { consumed, kept, len: consumed, complete: true });
-                    }
-                    let room = (limit + 1).saturating_sub(buf.len() - start);
-                    buf.extend_from_slice(&avail[..avail.len().min(room)]);
-                    let n = avail.len();
-                    consumed += n as u64;
-                    reader.consume(n);
-                }
-            }
-        }
-        let header_len = consumed;
-        let mut left = len;
-        while left > 0 {
-            let avail = reader.fill_buf()?;
-            if avail.is_empty() {
+                consumed += take(reader, buf, start, limit, u64::MAX)?;
                 let kept = buf.len() - start;
-                return Ok(Taken { consumed, kept, len: consumed - header_len, complete: false });
+                return Ok(Taken { consumed, kept, len: consumed, complete: true });
             }
-            let n = avail.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            let room = (limit + 1).saturating_sub(buf.len() - start);
-            buf.extend_from_slice(&avail[..n.min(room)]);
-            consumed += n as u64;
-            left -= n as u64;
-            reader.consume(n);
         }
-        Ok(Taken { consumed, kept: buf.len() - start, len, complete: true })
+        let body = take(reader, buf, start, limit, len)?;
+        consumed += body;
+        Ok(Taken { consumed, kept: buf.len() - start, len: body, complete: body == len })
     }
+}
+
+/// Takes up to `want` bytes from `reader` (fewer where the file ends), appending them to `buf`
+/// while the record that begins at `start` holds at most `limit` + 1 bytes (the rest is
+/// skipped). Returns the bytes taken.
+fn take<R: BufRead + ?Sized>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    start: usize,
+    limit: usize,
+    want: u64,
+) -> std::io::Result<u64> {
+    let mut taken = 0u64;
+    while taken < want {
+        let avail = reader.fill_buf()?;
+        if avail.is_empty() {
+            break;
+        }
+        let n = avail.len().min(usize::try_from(want - taken).unwrap_or(usize::MAX));
+        let room = (limit + 1).saturating_sub(buf.len() - start);
+        buf.extend_from_slice(&avail[..n.min(room)]);
+        reader.consume(n);
+        taken += n as u64;
+    }
+    Ok(taken)
 }
 
 impl Source for FileSource {

@@ -844,7 +844,11 @@ impl Source for KafkaSource {
                         continue; // fetched again after a pause: already buffered
                     }
                     self.fetched.insert(idx, m.offset() + 1);
-                    self.first_fetch.remove(&idx);
+                    // Checked first: a hash lookup per record only while some partition
+                    // awaits its first one.
+                    if !self.first_fetch.is_empty() {
+                        self.first_fetch.remove(&idx);
+                    }
                     self.starved = false;
                     self.pending[idx as usize].push_back(Pending {
                         offset: m.offset(),
