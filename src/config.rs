@@ -102,7 +102,36 @@ pub struct KafkaConfig {
     /// (TLS and SASL: "security.protocol", "ssl.ca.location", "sasl.mechanism", "sasl.username",
     /// "sasl.password", ...). Values of keys that look secret are never logged.
     pub client: std::collections::BTreeMap<String, String>,
+    /// librdkafka settings of the producer only (outputs and changelog), applied over rapport's
+    /// own defaults (`linger.ms`, `compression.type`, `batch.num.messages`, ...). The settings
+    /// its guarantees rest on are refused (see [`PRODUCER_FIXED`]).
+    pub producer: std::collections::BTreeMap<String, String>,
+    /// librdkafka settings of the input reader only (`fetch.*`, `queued.*`, ...), applied over
+    /// rapport's own defaults; the ones in [`CONSUMER_FIXED`] are refused.
+    pub consumer: std::collections::BTreeMap<String, String>,
 }
+
+/// Producer settings that rapport's delivery guarantees depend on: idempotent, acknowledged
+/// by every in-sync replica, retried without a deadline, and partitioned as Java clients do
+/// (which co-partitioning with the inputs relies on).
+pub const PRODUCER_FIXED: &[&str] = &[
+    "enable.idempotence",
+    "acks",
+    "request.required.acks",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "partitioner",
+    "transactional.id",
+];
+
+/// Consumer settings that rapport's positions depend on: they are kept in its store, so the
+/// group's own offset handling stays off.
+pub const CONSUMER_FIXED: &[&str] = &[
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "isolation.level",
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -703,20 +732,33 @@ impl Config {
                 k.output_format
             ));
         }
-        for key in k.client.keys() {
-            if matches!(
-                key.as_str(),
+        let own_keys = |key: &str| {
+            matches!(
+                key,
                 "group.id"
                     | "group.instance.id"
                     | "partition.assignment.strategy"
                     | "session.timeout.ms"
                     | "bootstrap.servers"
-                    | "enable.auto.commit"
-                    | "enable.auto.offset.store"
-            ) {
-                return bad(format!(
-                    "kafka.client.\"{key}\" is set by rapport itself; use the kafka section's own keys (brokers, group_id) instead."
-                ));
+            )
+        };
+        for (table, keys) in [("client", &k.client), ("producer", &k.producer), ("consumer", &k.consumer)] {
+            for key in keys.keys() {
+                if own_keys(key) {
+                    return bad(format!(
+                        "kafka.{table}.\"{key}\" is set by rapport itself; use the kafka section's own keys (brokers, group_id, group_instance_id, session_timeout_ms, assignment) instead."
+                    ));
+                }
+                if table != "consumer" && PRODUCER_FIXED.contains(&key.as_str()) {
+                    return bad(format!(
+                        "kafka.{table}.\"{key}\" cannot be changed: rapport's outputs and changelog rely on an idempotent producer that waits for every in-sync replica, retries without a deadline and partitions as Java clients do. Remove the key."
+                    ));
+                }
+                if table != "producer" && CONSUMER_FIXED.contains(&key.as_str()) {
+                    return bad(format!(
+                        "kafka.{table}.\"{key}\" cannot be changed: rapport keeps its input positions in its own store, with the state they belong to. Remove the key."
+                    ));
+                }
             }
         }
         if !self.telemetry.listen.is_empty()
@@ -788,6 +830,24 @@ mod tests {
         let r = Config::load(None);
         unsafe { std::env::remove_var("RAPPORT_TEST_SOMETHING_ELSE") };
         r.unwrap();
+    }
+
+    #[test]
+    fn producer_and_consumer_tables_refuse_what_the_guarantees_rest_on() {
+        let c = with("[kafka.producer]\n\"linger.ms\" = \"20\"\n[kafka.consumer]\n\"fetch.min.bytes\" = \"1000\"\n").unwrap();
+        assert_eq!(c.kafka.producer["linger.ms"], "20");
+        assert_eq!(c.kafka.consumer["fetch.min.bytes"], "1000");
+        for (toml, says) in [
+            ("[kafka.producer]\n\"acks\" = \"1\"\n", "kafka.producer.\"acks\" cannot be changed"),
+            ("[kafka.client]\n\"enable.idempotence\" = \"false\"\n", "kafka.client.\"enable.idempotence\" cannot be changed"),
+            ("[kafka.consumer]\n\"enable.auto.commit\" = \"true\"\n", "kafka.consumer.\"enable.auto.commit\" cannot be changed"),
+            ("[kafka.consumer]\n\"group.id\" = \"x\"\n", "use the kafka section's own keys"),
+        ] {
+            let e = with(toml).unwrap_err().to_string();
+            assert!(e.contains(says), "{toml}: {e}");
+        }
+        // A consumer-only key in the producer's table is librdkafka's to judge, not refused here.
+        with("[kafka.producer]\n\"fetch.min.bytes\" = \"1\"\n").unwrap();
     }
 
     #[test]

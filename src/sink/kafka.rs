@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -87,18 +88,28 @@ pub struct KafkaSink {
     refused: Option<String>,
 }
 
+/// The producer's librdkafka settings: the shared client ones, rapport's own, then the user's
+/// `kafka.producer` tuning (validation refuses the settings the guarantees rest on).
+pub fn producer_config(cfg: &Config) -> ClientConfig {
+    let mut c = client_config(cfg);
+    c.set("enable.idempotence", "true")
+        .set("statistics.interval.ms", "5000")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        // Retry for as long as it takes, in order (idempotence keeps the order).
+        .set("message.timeout.ms", "0");
+    for (key, v) in &cfg.kafka.producer {
+        c.set(key, v);
+    }
+    c
+}
+
 impl KafkaSink {
     pub fn new(cfg: &Config) -> Result<KafkaSink, SinkError> {
         let deliveries = Arc::new(Mutex::new(Deliveries::default()));
-        let mut c = client_config(cfg);
-        c.set("enable.idempotence", "true")
-            .set("statistics.interval.ms", "5000")
-            .set("acks", "all")
-            .set("partitioner", "murmur2_random")
-            .set("linger.ms", "5")
-            .set("compression.type", "lz4")
-            // Retry for as long as it takes, in order (idempotence keeps the order).
-            .set("message.timeout.ms", "0");
+        let c = producer_config(cfg);
         info!(settings = ?redacted(&c), "Starting the Kafka producer.");
         let producer = c
             .create_with_context(DeliveryContext {
@@ -330,6 +341,18 @@ mod tests {
         (0..n)
             .map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(5)).map_or(0, |(_, h)| h))
             .sum()
+    }
+
+    #[test]
+    fn producer_tuning_goes_over_the_defaults() {
+        let mut cfg = Config::defaults();
+        assert_eq!(producer_config(&cfg).get("linger.ms"), Some("5"));
+        cfg.kafka.producer.insert("linger.ms".into(), "50".into());
+        cfg.kafka.producer.insert("batch.num.messages".into(), "100000".into());
+        let c = producer_config(&cfg);
+        assert_eq!(c.get("linger.ms"), Some("50"));
+        assert_eq!(c.get("batch.num.messages"), Some("100000"));
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
     }
 
     #[test]

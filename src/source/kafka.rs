@@ -320,6 +320,20 @@ pub struct KafkaSource {
 /// time while catching up).
 pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
+/// The input reader's librdkafka settings where `kafka.client` does not set them (and
+/// `kafka.consumer` may still change them).
+/// - `fetch.queue.backoff.ms`: see [`FETCH_QUEUE_BACKOFF_MS`].
+/// - `fetch.min.bytes` / `fetch.wait.max.ms`: live, the broker answers a fetch when it holds
+///   100 kB for it or 5 ms have passed, instead of at every record (librdkafka's 1 byte). At
+///   30,000 events/s that took rapport's CPU from 9.1-9.4 to 7.5-7.9 s and the broker's from
+///   11.6 to 8.8-9.3 s over the same 15 s, for 0-5 ms more at the median; catching up, every
+///   fetch is full anyway. Idle, a fetch comes back every 5 ms instead of every 500 ms.
+const READER_DEFAULTS: &[(&str, &str)] = &[
+    ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS),
+    ("fetch.min.bytes", "100000"),
+    ("fetch.wait.max.ms", "5"),
+];
+
 /// The merge's longest wait (in poll) for a topic partition's first records after activation,
 /// while the broker holds some.
 const FIRST_FETCH_WAIT: Duration = Duration::from_secs(10);
@@ -376,8 +390,13 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest");
-        if !cfg.kafka.client.contains_key("fetch.queue.backoff.ms") {
-            c.set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
+        for (key, v) in READER_DEFAULTS {
+            if !cfg.kafka.client.contains_key(*key) {
+                c.set(*key, *v);
+            }
+        }
+        for (key, v) in &cfg.kafka.consumer {
+            c.set(key, v);
         }
         let consumer: BaseConsumer<ReaderContext> =
             c.create_with_context(ReaderContext).map_err(|e| {
