@@ -101,8 +101,9 @@ pub struct KafkaBench {
     pub contenders: Vec<Contender>,
     /// Seconds of steady input for each latency measurement (0: none).
     pub latency_seconds: u64,
-    /// Input rate of the latency measurements; default half of rapport's measured maximum.
-    pub latency_rate: Option<f64>,
+    /// Input rates of the latency measurements, each contender measured at each; none: half of
+    /// rapport's measured maximum.
+    pub latency_rate: Vec<f64>,
     /// The Kafka Streams peer's launcher (`benches/peers/kafka-streams/run.sh`).
     pub peer: PathBuf,
 }
@@ -676,6 +677,7 @@ fn alert_difference(
     (only_ours, only_theirs)
 }
 
+#[derive(Debug, Clone)]
 pub struct Latency {
     pub rate: f64,
     pub samples: usize,
@@ -684,11 +686,15 @@ pub struct Latency {
     pub max_ms: f64,
 }
 
+/// Seconds of input at the measured rate before latency is measured.
+const WARM_UP_SECONDS: f64 = 5.0;
+
 /// Replays the benchmark's events, restamped with the wall clock, at `rate` per second to
 /// `cfg`'s input topics while a contender runs live on them. One event in a hundred is a probe:
 /// the first usage event of a new account, which yields that account's first health score with
 /// `as_of` = the event's time. Latency = when the score is read from the output topic − `as_of`.
-/// Probes are sent until the first one comes back (the contender is live), then for `seconds`.
+/// Probes are sent until the first one comes back (the contender is live), then for
+/// [`WARM_UP_SECONDS`] at `rate` without being counted, then for `seconds`.
 fn latency_phase(cfg: &Config, lines: &[Vec<u8>], rate: f64, seconds: u64, alive: &mut dyn FnMut() -> Result<()>) -> Result<Latency> {
     let limits = crate::codec::DecodeLimits { max_record_bytes: usize::MAX, max_id_bytes: usize::MAX };
     let mut c = client_config(cfg);
@@ -797,12 +803,16 @@ fn latency_phase(cfg: &Config, lines: &[Vec<u8>], rate: f64, seconds: u64, alive
             lat_ms
         })
     };
+    // Then WARM_UP_SECONDS at the measured rate whose probes are not counted: the broker's and
+    // the peer's JITs are still compiling when the first probe comes back (a broker just
+    // started gave p50 480 ms at 10,000 events/s in the first measurement, 17 ms in the next).
+    let warm_n = (rate * WARM_UP_SECONDS) as u64;
     let n = (rate * seconds as f64) as u64;
     let interval = Duration::from_secs_f64(1.0 / rate);
     let start = Instant::now();
     let mut sent = 0u64;
     let mut last_check = Instant::now();
-    while sent < n {
+    while sent < warm_n + n {
         let due = start + interval.mul_f64(sent as f64);
         let now = Instant::now();
         if now < due {
@@ -813,7 +823,11 @@ fn latency_phase(cfg: &Config, lines: &[Vec<u8>], rate: f64, seconds: u64, alive
             alive()?;
             last_check = Instant::now();
         }
-        if send(first_measured + sent, sent % 100 == 0) {
+        let id = match sent.checked_sub(warm_n) {
+            Some(m) => first_measured + m,
+            None => first_measured / 2 + sent,
+        };
+        if send(id, id % 100 == 0) {
             sent += 1;
         }
     }
@@ -860,7 +874,8 @@ fn measure_latency(
     dir: &Path,
     topics: &mut Vec<String>,
 ) -> Result<Latency> {
-    let live_dir = dir.join(format!("live-{}", contender.tag()));
+    // One directory per contender and rate: a store is bound to the topics it was made for.
+    let live_dir = dir.join(format!("live-{}-{rate:.0}", contender.tag()));
     std::fs::create_dir_all(&live_dir)?;
     let cfg = with_outputs(
         &with_inputs(base, &format!("live-{}-{}", contender.tag(), app::wall_now_ms())),
@@ -941,6 +956,29 @@ pub fn table(rows: &[Row]) -> Table {
             right(r.latency.as_ref().map_or("—".into(), |l| format!("{:.0} / {:.0}", l.p50_ms, l.p99_ms))),
             right(raw.map_or("—".into(), |raw| format!("{:.2}", eps / raw))),
         ]);
+    }
+    t
+}
+
+/// Latency against input rate: one row per contender and rate.
+pub fn latency_table(curve: &[(Contender, f64, Option<Latency>)]) -> Table {
+    let mut t = Table::new();
+    t.load_style(UTF8_FULL_CONDENSED)
+        .set_header(vec!["contender", "input events/s", "p50 ms", "p99 ms", "max ms", "probes back"]);
+    let right = |s: String| Cell::new(s).set_alignment(CellAlignment::Right);
+    for (c, rate, l) in curve {
+        let mut cells = vec![Cell::new(c.label()), right(format!("{rate:.0}"))];
+        match l {
+            Some(l) => cells.extend([
+                right(format!("{:.0}", l.p50_ms)),
+                right(format!("{:.0}", l.p99_ms)),
+                right(format!("{:.0}", l.max_ms)),
+                right(l.samples.to_string()),
+            ]),
+            // (The reason was printed as it happened.)
+            None => cells.extend(["—", "—", "—", "not measured"].map(|x| right(x.into()))),
+        }
+        t.add_row(cells);
     }
     t
 }
@@ -1087,29 +1125,45 @@ fn kafka_in(
         }
     }
 
-    // Latency at one fixed rate for every contender that produces outputs.
+    // Latency at each fixed rate for every contender that produces outputs.
+    let mut curve: Vec<(Contender, f64, Option<Latency>)> = Vec::new();
     if b.latency_seconds > 0 {
         let max = rows
             .iter()
             .find(|r| r.contender == Contender::KafkaJson)
             .map(|r| r.events_per_second());
-        let rate = b.latency_rate.or(max.map(|m| m / 2.0)).unwrap_or(5000.0).max(100.0);
+        let rates: Vec<f64> = match b.latency_rate.is_empty() {
+            true => vec![max.map_or(5000.0, |m| m / 2.0)],
+            false => b.latency_rate.clone(),
+        }
+        .into_iter()
+        .map(|r| r.max(100.0))
+        .collect();
+        let top = rates.iter().copied().fold(0.0, f64::max);
         use std::io::BufRead;
         let lines: Vec<Vec<u8>> = std::io::BufReader::new(std::fs::File::open(&file)?)
             .split(b'\n')
-            .take(((rate * b.latency_seconds as f64) as usize + 1).min(2_000_000))
+            .take(((top * b.latency_seconds as f64) as usize + 1).min(2_000_000))
             .collect::<std::io::Result<_>>()?;
         for row in rows.iter_mut() {
             if row.contender == Contender::Raw || row.contender.is_embedded() {
                 continue;
             }
-            writeln!(out, "Latency at {rate:.0} events/s for {} s: {} …", b.latency_seconds, row.contender.label())?;
-            match measure_latency(b, &base, row.contender, &lines, rate, dir, &mut topics) {
-                Ok(l) => {
-                    writeln!(out, "  p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} probes).", l.p50_ms, l.p99_ms, l.max_ms, l.samples)?;
-                    row.latency = Some(l);
+            for (i, &rate) in rates.iter().enumerate() {
+                writeln!(out, "Latency at {rate:.0} events/s for {} s: {} …", b.latency_seconds, row.contender.label())?;
+                match measure_latency(b, &base, row.contender, &lines, rate, dir, &mut topics) {
+                    Ok(l) => {
+                        writeln!(out, "  p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} probes).", l.p50_ms, l.p99_ms, l.max_ms, l.samples)?;
+                        if i == 0 {
+                            row.latency = Some(l.clone());
+                        }
+                        curve.push((row.contender, rate, Some(l)));
+                    }
+                    Err(e) => {
+                        writeln!(out, "  not measured: {e:#}")?;
+                        curve.push((row.contender, rate, None));
+                    }
                 }
-                Err(e) => writeln!(out, "  not measured: {e:#}")?,
             }
         }
     }
@@ -1117,8 +1171,11 @@ fn kafka_in(
     writeln!(out, "{}", table(&rows))?;
     writeln!(
         out,
-        "Seconds: from each contender's first record read to its last one processed with every output acknowledged (embedded: the whole run). CPU: the whole process, start-up included. Latency: event to health-score output read back, at one input rate for all."
+        "Seconds: from each contender's first record read to its last one processed with every output acknowledged (embedded: the whole run). CPU: the whole process, start-up included. Latency: event to health-score output read back, at one input rate for all (the first one given)."
     )?;
+    if curve.iter().map(|(_, r, _)| r.to_bits()).collect::<std::collections::BTreeSet<_>>().len() > 1 {
+        writeln!(out, "{}", latency_table(&curve))?;
+    }
     for (c, only_ours, only_theirs, n) in &alert_checks {
         if *only_ours == 0 && *only_theirs == 0 {
             writeln!(out, "Alerts of {}: the same {n} as {reference_name}.", c.label())?;
@@ -1503,7 +1560,7 @@ pub fn curve(base: &Config, c: &CurveBench, out: &mut dyn std::io::Write) -> Res
                 events,
                 contenders: c.contenders.clone(),
                 latency_seconds: 0,
-                latency_rate: None,
+                latency_rate: Vec::new(),
                 peer: c.peer.clone(),
             };
             let r = kafka(base, &b, out)?;

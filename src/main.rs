@@ -105,9 +105,10 @@ enum BenchWhat {
         /// Seconds of steady input for each latency measurement (0: none).
         #[arg(long, default_value_t = 20)]
         latency_seconds: u64,
-        /// Events/s of the latency measurements (default: half of rapport's measured maximum).
-        #[arg(long)]
-        latency_rate: Option<f64>,
+        /// Events/s of the latency measurements, comma-separated for several (a latency curve,
+        /// printed as a second table); default: half of rapport's measured maximum.
+        #[arg(long, value_delimiter = ',')]
+        latency_rate: Vec<f64>,
         /// The Kafka Streams peer's launcher.
         #[arg(long, default_value = "benches/peers/kafka-streams/run.sh")]
         peer: PathBuf,
