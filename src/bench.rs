@@ -804,8 +804,8 @@ fn latency_phase(cfg: &Config, lines: &[Vec<u8>], rate: f64, seconds: u64, alive
         })
     };
     // Then WARM_UP_SECONDS at the measured rate whose probes are not counted: the broker's and
-    // the peer's JITs are still compiling when the first probe comes back (a broker just
-    // started gave p50 480 ms at 10,000 events/s in the first measurement, 17 ms in the next).
+    // the peer's JITs are still compiling when the first probe comes back (without it, a broker
+    // just started gave p50 480 ms at 10,000 events/s where a warm one gives 17 ms).
     let warm_n = (rate * WARM_UP_SECONDS) as u64;
     let n = (rate * seconds as f64) as u64;
     let interval = Duration::from_secs_f64(1.0 / rate);
