@@ -1183,9 +1183,11 @@ pub fn write_events(
         }
     };
     for ev in events {
-        rec.clear();
         match format {
-            FileFormat::Ndjson => crate::codec::json::encode_event(&ev, &mut rec),
+            FileFormat::Ndjson => {
+                rec.clear();
+                crate::codec::json::encode_event(&ev, &mut rec);
+            }
             FileFormat::Protobuf => rec = crate::codec::proto::encode_event(&ev),
         }
         write(&mut w, &rec)?;
@@ -1230,10 +1232,7 @@ pub fn produce(cfg: &Config, input: &Path, format: WireFormat, event_time: bool)
         1 << 20,
         std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?,
     );
-    let limits = crate::codec::DecodeLimits {
-        max_record_bytes: usize::MAX,
-        max_id_bytes: usize::MAX,
-    };
+    let limits = crate::codec::DecodeLimits::NONE;
     let t = &cfg.kafka.input_topics;
     let mut n = 0u64;
     for line in f.split(b'\n') {

@@ -254,22 +254,24 @@ fn head_lines(from: &Path, to: &Path, n: u64) -> Result<u64> {
 /// The events of an NDJSON file as a length-delimited protobuf file (in the same order), as
 /// `rapport generate --out FILE.pb` writes them.
 fn ndjson_to_protobuf(from: &Path, to: &Path) -> Result<u64> {
-    use std::io::{BufRead, Write};
-    let limits = crate::codec::DecodeLimits {
-        max_record_bytes: usize::MAX,
-        max_id_bytes: usize::MAX,
-    };
+    use std::io::BufRead;
+    let limits = crate::codec::DecodeLimits::NONE;
     let r = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(from)?);
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(to)?);
-    let mut n = 0u64;
-    for line in r.split(b'\n') {
-        let ev = crate::codec::json::decode_json(&line?, &limits)
-            .map_err(|e| anyhow::anyhow!("{}: line {} is not a valid event: {}", from.display(), n + 1, e.detail))?;
-        crate::source::file::write_delimited(&mut w, &crate::codec::proto::encode_event(&ev))?;
-        n += 1;
+    // The first line that is not an event stops the copy, and is the error.
+    let mut bad = None;
+    let events = r.split(b'\n').enumerate().map_while(|(i, line)| {
+        let ev = line.map_err(anyhow::Error::from).and_then(|l| {
+            crate::codec::json::decode_json(&l, &limits).map_err(|e| {
+                anyhow::anyhow!("{}: line {} is not a valid event: {}", from.display(), i + 1, e.detail)
+            })
+        });
+        ev.map_err(|e| bad = Some(e)).ok()
+    });
+    let (n, _) = app::write_events(events, to, 0)?;
+    match bad {
+        Some(e) => Err(e),
+        None => Ok(n),
     }
-    w.flush()?;
-    Ok(n)
 }
 
 /// What a finished child process used: CPU seconds (user + system, its waited-for children
@@ -695,8 +697,7 @@ const WARM_UP_SECONDS: f64 = 5.0;
 /// `as_of` = the event's time. Latency = when the score is read from the output topic − `as_of`.
 /// Probes are sent until the first one comes back (the contender is live), then for
 /// [`WARM_UP_SECONDS`] at `rate` without being counted, then for `seconds`.
-fn latency_phase(cfg: &Config, lines: &[Vec<u8>], rate: f64, seconds: u64, alive: &mut dyn FnMut() -> Result<()>) -> Result<Latency> {
-    let limits = crate::codec::DecodeLimits { max_record_bytes: usize::MAX, max_id_bytes: usize::MAX };
+fn latency_phase(cfg: &Config, events: &[crate::domain::event::Event], rate: f64, seconds: u64, alive: &mut dyn FnMut() -> Result<()>) -> Result<Latency> {
     let mut c = client_config(cfg);
     c.set("group.id", format!("{}-latency", cfg.kafka.group_id))
         .set("enable.auto.commit", "false")
@@ -713,15 +714,6 @@ fn latency_phase(cfg: &Config, lines: &[Vec<u8>], rate: f64, seconds: u64, alive
     pc.set("partitioner", "murmur2_random").set("linger.ms", "5").set("acks", "all");
     let producer: ThreadedProducer<DefaultProducerContext> = pc.create()?;
     let t = &cfg.kafka.input_topics;
-    // Decoded once: on the contenders' two cores, decoding each line again as it is sent took
-    // a tenth of a core at 60,000 events/s from the process measured.
-    let events: Vec<crate::domain::event::Event> = lines
-        .iter()
-        .filter_map(|l| crate::codec::json::decode_json(l, &limits).ok())
-        .collect();
-    if events.is_empty() {
-        bail!("the benchmark's events hold no valid event to replay for the latency measurement");
-    }
     let send = |i: u64, probe: bool| -> bool {
         let now = app::wall_now_ms();
         let (topic, key, payload) = if probe {
@@ -869,7 +861,7 @@ fn measure_latency(
     b: &KafkaBench,
     base: &Config,
     contender: Contender,
-    lines: &[Vec<u8>],
+    events: &[crate::domain::event::Event],
     rate: f64,
     dir: &Path,
     topics: &mut Vec<String>,
@@ -900,7 +892,7 @@ fn measure_latency(
             }
             Ok(())
         };
-        let lat = latency_phase(&c, lines, rate, b.latency_seconds, &mut alive);
+        let lat = latency_phase(&c, events, rate, b.latency_seconds, &mut alive);
         let _ = child.kill();
         let _ = child.wait();
         lat
@@ -918,7 +910,7 @@ fn measure_latency(
             }
             Ok(())
         };
-        let lat = latency_phase(&c, lines, rate, b.latency_seconds, &mut alive);
+        let lat = latency_phase(&c, events, rate, b.latency_seconds, &mut alive);
         terminate(&child);
         let _ = child.wait();
         lat
@@ -1141,17 +1133,26 @@ fn kafka_in(
         .collect();
         let top = rates.iter().copied().fold(0.0, f64::max);
         use std::io::BufRead;
-        let lines: Vec<Vec<u8>> = std::io::BufReader::new(std::fs::File::open(&file)?)
+        // Decoded once for every latency run: decoding each line as it was sent took a tenth of
+        // a core at 60,000 events/s, on the cores the contender is measured on.
+        let limits = crate::codec::DecodeLimits::NONE;
+        let mut events = Vec::new();
+        for line in std::io::BufReader::new(std::fs::File::open(&file)?)
             .split(b'\n')
             .take(((top * b.latency_seconds as f64) as usize + 1).min(2_000_000))
-            .collect::<std::io::Result<_>>()?;
+        {
+            events.extend(crate::codec::json::decode_json(&line?, &limits).ok());
+        }
+        if events.is_empty() {
+            bail!("the benchmark's events hold no valid event to replay for the latency measurement");
+        }
         for row in rows.iter_mut() {
             if row.contender == Contender::Raw || row.contender.is_embedded() {
                 continue;
             }
             for (i, &rate) in rates.iter().enumerate() {
                 writeln!(out, "Latency at {rate:.0} events/s for {} s: {} …", b.latency_seconds, row.contender.label())?;
-                match measure_latency(b, &base, row.contender, &lines, rate, dir, &mut topics) {
+                match measure_latency(b, &base, row.contender, &events, rate, dir, &mut topics) {
                     Ok(l) => {
                         writeln!(out, "  p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} probes).", l.p50_ms, l.p99_ms, l.max_ms, l.samples)?;
                         if i == 0 {

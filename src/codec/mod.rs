@@ -37,6 +37,15 @@ pub struct DecodeLimits {
     pub max_id_bytes: usize,
 }
 
+impl DecodeLimits {
+    /// No limits: for the tools that read the project's own generated events (`produce`, the
+    /// bench), where every record is known to be in bounds.
+    pub const NONE: DecodeLimits = DecodeLimits {
+        max_record_bytes: usize::MAX,
+        max_id_bytes: usize::MAX,
+    };
+}
+
 impl Default for DecodeLimits {
     fn default() -> Self {
         DecodeLimits {
