@@ -1629,6 +1629,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_latency_table_has_a_row_per_contender_and_rate_and_marks_the_unmeasured() {
+        let l = |p50_ms, p99_ms, samples| Latency { rate: 0.0, samples, p50_ms, p99_ms, max_ms: p99_ms + 1.0 };
+        let curve = vec![
+            (Contender::KafkaJson, 10000.0, Some(l(17.0, 49.0, 1500))),
+            (Contender::KafkaJson, 30000.0, Some(l(18.0, 87.0, 4500))),
+            (Contender::StreamsAlos, 60000.0, None),
+        ];
+        let text = latency_table(&curve).to_string();
+        let rows: Vec<&str> = text.lines().filter(|l| l.contains('┆') && !l.contains("contender")).collect();
+        assert_eq!(rows.len(), 3, "{text}");
+        assert!(rows[0].contains("10000") && rows[0].contains("49") && rows[0].contains("1500"), "{text}");
+        assert!(rows[1].contains("30000") && rows[1].contains("87") && rows[1].contains("4500"), "{text}");
+        assert!(rows[2].contains(Contender::StreamsAlos.label()) && rows[2].contains("not measured"), "{text}");
+    }
+
+    #[test]
     fn a_curve_csv_is_drawn_with_every_contender_and_a_bad_one_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let csv = dir.path().join("c.csv");

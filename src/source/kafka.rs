@@ -342,6 +342,26 @@ const FIRST_FETCH_WAIT: Duration = Duration::from_secs(10);
 /// not fetched yet.
 const LINGER_BEHIND_DIVISOR: i64 = 4;
 
+/// The input reader's settings: the shared client ones, rapport's own, [`READER_DEFAULTS`] where
+/// `kafka.client` does not set them, then the user's `kafka.consumer` tuning.
+pub fn reader_config(cfg: &Config) -> ClientConfig {
+    let mut c = client_config(cfg);
+    c.set("group.id", format!("{}-reader", cfg.kafka.group_id))
+        .set("statistics.interval.ms", "5000")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest");
+    for (key, v) in READER_DEFAULTS {
+        if !cfg.kafka.client.contains_key(*key) {
+            c.set(*key, *v);
+        }
+    }
+    for (key, v) in &cfg.kafka.consumer {
+        c.set(key, v);
+    }
+    c
+}
+
 /// The group consumer's settings: membership (static when `group_instance_id` is set), the
 /// rebalance protocol, and no reading.
 pub fn member_config(cfg: &Config) -> ClientConfig {
@@ -384,22 +404,8 @@ impl KafkaSource {
                     "cannot create the Kafka consumer: {e}. Check the kafka section of the config."
                 ))
             })?;
-        let mut c = client_config(cfg);
-        c.set("group.id", format!("{}-reader", cfg.kafka.group_id))
-            .set("statistics.interval.ms", "5000")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest");
-        for (key, v) in READER_DEFAULTS {
-            if !cfg.kafka.client.contains_key(*key) {
-                c.set(*key, *v);
-            }
-        }
-        for (key, v) in &cfg.kafka.consumer {
-            c.set(key, v);
-        }
         let consumer: BaseConsumer<ReaderContext> =
-            c.create_with_context(ReaderContext).map_err(|e| {
+            reader_config(cfg).create_with_context(ReaderContext).map_err(|e| {
                 SourceError::Config(format!(
                     "cannot create the Kafka consumer: {e}. Check the kafka section of the config."
                 ))
@@ -1110,6 +1116,23 @@ impl KafkaSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reader_takes_its_defaults_then_the_client_table_then_the_consumer_table() {
+        let mut cfg = Config::defaults();
+        let c = reader_config(&cfg);
+        assert_eq!(c.get("fetch.min.bytes"), Some("100000"));
+        assert_eq!(c.get("fetch.wait.max.ms"), Some("5"));
+        assert_eq!(c.get("fetch.queue.backoff.ms"), Some(FETCH_QUEUE_BACKOFF_MS));
+        cfg.kafka.client.insert("fetch.min.bytes".into(), "1".into());
+        cfg.kafka.consumer.insert("fetch.wait.max.ms".into(), "50".into());
+        let c = reader_config(&cfg);
+        assert_eq!(c.get("fetch.min.bytes"), Some("1"));
+        assert_eq!(c.get("fetch.wait.max.ms"), Some("50"));
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        // The consumer table is the reader's alone: the group member does not take it.
+        assert_eq!(member_config(&cfg).get("fetch.wait.max.ms"), None);
+    }
 
     #[test]
     fn secrets_are_redacted_and_the_rest_is_shown() {
