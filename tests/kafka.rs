@@ -688,14 +688,18 @@ fn two_instances_split_partitions_and_one_takes_over() {
     // Together they read everything once, and hold disjoint accounts.
     let records = |p: &Proc| p.metric("rapport_records_in_total").unwrap_or(-1.0) as i64;
     let deadline = Instant::now() + DEADLINE;
-    while records(&a) + records(&b) != total as i64 {
+    loop {
+        // Each instance's counter is read once per round: reading it again for the check below
+        // could see a later value than the one the loop compared.
+        let (read_a, read_b) = (records(&a), records(&b));
+        if read_a + read_b == total as i64 {
+            break;
+        }
         a.assert_running();
         b.assert_running();
         assert!(
-            records(&a) + records(&b) < total as i64 && Instant::now() < deadline,
-            "the two instances read {} + {} records of {total}",
-            records(&a),
-            records(&b)
+            read_a + read_b < total as i64 && Instant::now() < deadline,
+            "the two instances read {read_a} + {read_b} records of {total}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
