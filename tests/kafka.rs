@@ -111,7 +111,7 @@ fn end_to_end_with_mixed_wire_formats() {
     let input = job.path().join("risk.ndjson");
     let (events, malformed) = write_risk_input(&input);
     let total = events + malformed.len() as u64;
-    let (config, port) = job.config("run");
+    let config = job.config("run");
 
     // The reference: the embedded run of the same file and config.
     let (reference, ref_out) = job.embedded_reference(&config, &input);
@@ -138,7 +138,7 @@ fn end_to_end_with_mixed_wire_formats() {
 
     let sent = job.produce_cli(&input, "mixed");
     assert_eq!(sent, total, "rapport produce sent every line");
-    let mut run = job.spawn("run", &config, port);
+    let mut run = job.spawn("run", &config);
     run.wait_records(total);
     let stdout = run.stop();
     assert!(
@@ -267,7 +267,7 @@ fn stopped_and_killed_mid_stream_then_resumed() {
     let input = job.path().join("events.ndjson");
     let (events, bad) = generate(&input, 40, 0.5, 400, 20261123);
     let total = events + bad;
-    let (config, _) = job.config("run");
+    let config = job.config("run");
     let (reference, _) = job.embedded_reference(&config, &input);
     assert_eq!(reference.counters.records_in, total);
     assert!(reference.counters.duplicates > 0 && reference.counters.dead_lettered > 0);
@@ -275,8 +275,8 @@ fn stopped_and_killed_mid_stream_then_resumed() {
 
     let read = |data: &Path| StoreView::open(data).counters.records_in;
     // (a) SIGTERM once a fifth is read.
-    let (config, port) = job.config("run");
-    let mut run = job.spawn("run", &config, port);
+    let config = job.config("run");
+    let mut run = job.spawn("run", &config);
     run.wait_for("a fifth of the input read", DEADLINE, |p| {
         match p.metric("rapport_records_in_total") {
             Some(v) if v as u64 >= total / 5 => Ok(()),
@@ -296,8 +296,8 @@ fn stopped_and_killed_mid_stream_then_resumed() {
     );
 
     // (b) SIGKILL once more than half is read in all.
-    let (config, port) = job.config("run");
-    let mut run = job.spawn("run", &config, port);
+    let config = job.config("run");
+    let mut run = job.spawn("run", &config);
     run.wait_for("more than half the input read", DEADLINE, |p| {
         match p.metric("rapport_records_in_total") {
             Some(v) if after_term + v as u64 >= total * 55 / 100 => Ok(()),
@@ -312,8 +312,8 @@ fn stopped_and_killed_mid_stream_then_resumed() {
     );
 
     // (c) To the end: this run reads exactly what is left (wait_records fails on more).
-    let (config, port) = job.config("run");
-    let mut run = job.spawn("run", &config, port);
+    let config = job.config("run");
+    let mut run = job.spawn("run", &config);
     run.wait_records(total - after_kill);
     run.stop();
     eprintln!("restart: read {after_term} before SIGTERM, {after_kill} before SIGKILL, of {total}");
@@ -371,7 +371,7 @@ fn kafka_kill_9_at_seeded_points_then_resumed() {
     let input = job.path().join("events.ndjson");
     let (events, bad) = generate(&input, accounts, if small { 0.5 } else { 4.0 }, 400, seed);
     let total = events + bad;
-    let (config, _) = job.config("run");
+    let config = job.config("run");
     let (reference, _) = job.embedded_reference(&config, &input);
     let produced = if small { job.produce_small_batches(&input, 20) } else { job.produce_cli(&input, "json") };
     assert_eq!(produced, total);
@@ -405,9 +405,9 @@ fn kafka_kill_9_at_seeded_points_then_resumed() {
     };
     for (i, point) in points.iter().enumerate() {
         let before = if i == 0 { 0 } else { read(&job.data("run")) };
-        let (config, port) = job.config("run");
+        let config = job.config("run");
         let started = Instant::now();
-        let mut run = job.spawn("run", &config, port);
+        let mut run = job.spawn("run", &config);
         // At least one record past the last kill, so every restart is killed after progress.
         let target = (*point).max(before + 1);
         run.wait_for(&format!("kill {i}: {target} of {total} records read"), DEADLINE, |p| {
@@ -425,8 +425,8 @@ fn kafka_kill_9_at_seeded_points_then_resumed() {
     }
     let done = read(&job.data("run"));
     assert!(done < total, "the whole input was read before the last kill");
-    let (config, port) = job.config("run");
-    let mut run = job.spawn("run", &config, port);
+    let config = job.config("run");
+    let mut run = job.spawn("run", &config);
     let left = total - done;
     // Everything left, and with a restore (see above) its partition's records again: until the
     // stored positions are at the end of every input partition.
@@ -570,8 +570,8 @@ fn malformed_records_on_every_topic_are_dead_lettered_with_their_source() {
         send_one(&producer, topic, Some("acme"), Some(value.as_bytes()));
     }
 
-    let (config, port) = job.config("run");
-    let mut run = job.spawn("run", &config, port);
+    let config = job.config("run");
+    let mut run = job.spawn("run", &config);
     run.wait_records((bad.len() + good.len()) as u64);
     run.stop();
     let store = StoreView::open(&job.data("run"));
@@ -642,8 +642,8 @@ fn two_instances_split_partitions_and_one_takes_over() {
     let input = job.path().join("events.ndjson");
     let (events, bad) = generate(&input, 60, 0.5, 700, 77);
     let total = events + bad;
-    let (config_a, port_a) = job.config("a");
-    let (config_b, port_b) = job.config("b");
+    let config_a = job.config("a");
+    let config_b = job.config("b");
     let (reference, _) = job.embedded_reference(&config_a, &input);
     let all_accounts = reference.accounts.len();
     assert!(
@@ -657,8 +657,8 @@ fn two_instances_split_partitions_and_one_takes_over() {
     );
 
     // Both join before any input exists, so neither holds state for the other's partitions.
-    let mut a = job.spawn("a", &config_a, port_a);
-    let mut b = job.spawn("b", &config_b, port_b);
+    let mut a = job.spawn("a", &config_a);
+    let mut b = job.spawn("b", &config_b);
     let owned = |p: &Proc| p.metric("rapport_kafka_owned_partitions").map(|v| v as u64);
     let wait_split = |a: &mut Proc, b: &mut Proc| {
         let deadline = Instant::now() + DEADLINE;
@@ -799,11 +799,12 @@ fn broker_outage_mid_run() {
     let input = job.path().join("events.ndjson");
     let (events, bad) = generate(&input, 40, 0.5, 400, 5150);
     let total = events + bad;
-    let (config, port) = job.config("run");
+    let config = job.config("run");
     let (reference, _) = job.embedded_reference(&config, &input);
     assert_eq!(job.produce_small_batches(&input, 20), total);
 
-    let mut run = job.spawn("run", &config, port);
+    let mut run = job.spawn("run", &config);
+    let port = run.port;
     run.wait_for("a tenth of the input read", DEADLINE, |p| {
         match p.metric("rapport_records_in_total") {
             Some(v) if v as u64 >= total / 10 => Ok(()),
@@ -898,11 +899,12 @@ fn broker_paused_past_session_and_request_timeouts() {
     let input = job.path().join("events.ndjson");
     let (events, bad) = generate(&input, 40, 0.5, 400, 5151);
     let total = events + bad;
-    let (config, port) = job.config("run");
+    let config = job.config("run");
     let (reference, _) = job.embedded_reference(&config, &input);
     assert_eq!(job.produce_small_batches(&input, 20), total);
 
-    let mut run = job.spawn("run", &config, port);
+    let mut run = job.spawn("run", &config);
+    let port = run.port;
     run.wait_for("a tenth of the input read and ready", DEADLINE, |p| {
         match (p.metric("rapport_records_in_total"), http_get(port, "/readyz")) {
             (Some(v), Some((200, _))) if v as u64 >= total / 10 => Ok(()),
@@ -963,8 +965,8 @@ fn a_data_directory_of_another_topic_set_is_refused() {
     let brokers = broker();
     let first = Job::new("topicset-a", &brokers, Settings::default());
     first.create_topics();
-    let (config, port) = first.config("run");
-    let mut run = first.spawn("run", &config, port);
+    let config = first.config("run");
+    let mut run = first.spawn("run", &config);
     run.wait_for("the partitions to be read", DEADLINE, |p| {
         match p.metric("rapport_kafka_owned_partitions") {
             Some(v) if v as u16 == first.settings.partitions => Ok(()),
@@ -975,7 +977,7 @@ fn a_data_directory_of_another_topic_set_is_refused() {
 
     let second = Job::new("topicset-b", &brokers, Settings::default());
     second.create_topics();
-    let (other, _) = second.config("run");
+    let other = second.config("run");
     // The second job's topics, the first job's data directory.
     let text = std::fs::read_to_string(&other).unwrap();
     let text: String = text

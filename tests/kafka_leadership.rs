@@ -166,7 +166,7 @@ fn create_topics(job: &Job) {
         assert!(Instant::now() < deadline, "the topics did not get leaders");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let (config, _) = job.config("topics");
+    let config = job.config("topics");
     rapport_ok(rapport().args(["topics", "check", "--config"]).arg(&config), "rapport topics check");
 }
 
@@ -247,7 +247,7 @@ fn partitions_without_a_leader_wait_and_resume() {
     let input = job.path().join("events.ndjson");
     let (events, bad) = generate(&input, 40, 0.5, 400, 4242);
     let total = events + bad;
-    let (config, port) = job.config("run");
+    let config = job.config("run");
     let (reference, _) = job.embedded_reference(&config, &input);
     assert_eq!(job.produce_small_batches(&input, 20), total);
     let by_partition = records_by_partition(&job);
@@ -256,7 +256,8 @@ fn partitions_without_a_leader_wait_and_resume() {
     assert!(on_victim > 0 && on_victim < total, "records by partition: {by_partition:?}");
     let leaderless_names: Vec<String> = job.topics.inputs().iter().map(|t| format!("{t}/1")).collect();
 
-    let mut run = job.spawn("run", &config, port);
+    let mut run = job.spawn("run", &config);
+    let port = run.port;
     run.wait_for("a tenth of the input read", DEADLINE, |p| match p.metric("rapport_records_in_total") {
         Some(v) if v as u64 >= total / 10 => Ok(()),
         v => Err(format!("{v:?}")),

@@ -214,13 +214,13 @@ fn a_real_prometheus_scrapes_every_documented_series_and_finds_what_dashboard_an
 
     // A reads everything and stops; B, with an empty data dir, restores A's partitions from
     // the changelog, then reads new events.
-    let (config_a, port_a) = job.config("a");
-    let (config_b, port_b) = job.config("b");
+    let config_a = job.config("a");
+    let config_b = job.config("b");
     assert_eq!(job.produce_small_batches(&input, 100), total);
-    let mut a = job.spawn("a", &config_a, port_a);
+    let mut a = job.spawn("a", &config_a);
     a.wait_records(total);
     a.stop();
-    let mut b = job.spawn("b", &config_b, port_b);
+    let mut b = job.spawn("b", &config_b);
     b.wait_for("B to restore A's partitions", DEADLINE, |p| {
         match p.metric("rapport_restore_accounts_total") {
             Some(v) if v > 0.0 => Ok(()),
@@ -234,7 +234,7 @@ fn a_real_prometheus_scrapes_every_documented_series_and_finds_what_dashboard_an
 
     let prom_dir = job.path().join("prometheus");
     std::fs::create_dir_all(&prom_dir).unwrap();
-    let mut prom = Prometheus::start(&prom_dir, port_b);
+    let mut prom = Prometheus::start(&prom_dir, b.port);
     let want = expected();
     let deadline = Instant::now() + Duration::from_secs(90);
     let got = loop {

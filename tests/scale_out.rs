@@ -168,17 +168,17 @@ fn killed_instance_partitions_move_and_a_new_instance_restores_from_the_changelo
     let input = job.path().join("events.ndjson");
     let (events, bad) = generate(&input, 90, 0.6, 500, 4242);
     let total = events + bad;
-    let (config_a, port_a) = job.config("a");
-    let (config_b, port_b) = job.config("b");
-    let (config_c, port_c) = job.config("c");
-    let (config_d, port_d) = job.config("d");
+    let config_a = job.config("a");
+    let config_b = job.config("b");
+    let config_c = job.config("c");
+    let config_d = job.config("d");
     let (reference, _) = job.embedded_reference(&config_a, &input);
     assert_eq!(reference.counters.records_in, total);
     assert_eq!(job.produce_small_batches(&input, 10), total);
 
-    let mut a = job.spawn("a", &config_a, port_a);
-    let mut b = job.spawn("b", &config_b, port_b);
-    let mut c = job.spawn("c", &config_c, port_c);
+    let mut a = job.spawn("a", &config_a);
+    let mut b = job.spawn("b", &config_b);
+    let mut c = job.spawn("c", &config_c);
     // Mid-run: C has read some of its share, and the three together not yet everything.
     c.wait_for("C to be part-way through its partitions", DEADLINE, |p| {
         match p.metric("rapport_records_in_total") {
@@ -217,7 +217,7 @@ fn killed_instance_partitions_move_and_a_new_instance_restores_from_the_changelo
 
     // D joins with an empty data directory after everything was read: it gets partitions and
     // restores them from the changelog alone, reading no input at all.
-    let mut d = job.spawn("d", &config_d, port_d);
+    let mut d = job.spawn("d", &config_d);
     let owners = wait_settled(&mut [&mut a, &mut b, &mut d], 6, "after D joined");
     let parts_d: BTreeSet<u16> = owners.iter().filter(|(_, i)| **i == 2).map(|(p, _)| *p).collect();
     assert!(!parts_d.is_empty(), "D was given partitions: {owners:?}");
@@ -273,9 +273,9 @@ fn scaling_from_one_to_three_and_back_to_one_keeps_every_account() {
     let input = job.path().join("events.ndjson");
     let (events, bad) = generate(&input, 80, 0.6, 600, 777);
     let total = events + bad;
-    let (config_a, port_a) = job.config("a");
-    let (config_b, port_b) = job.config("b");
-    let (config_c, port_c) = job.config("c");
+    let config_a = job.config("a");
+    let config_b = job.config("b");
+    let config_c = job.config("c");
     let (reference, _) = job.embedded_reference(&config_a, &input);
     assert_eq!(reference.counters.records_in, total);
 
@@ -292,12 +292,12 @@ fn scaling_from_one_to_three_and_back_to_one_keeps_every_account() {
     write(&first, &lines[..half]);
     write(&second, &lines[half..]);
 
-    let mut a = job.spawn("a", &config_a, port_a);
+    let mut a = job.spawn("a", &config_a);
     assert_eq!(job.produce_small_batches(&first, 15), half as u64);
     wait_settled(&mut [&mut a], 6, "A alone");
 
-    let mut b = job.spawn("b", &config_b, port_b);
-    let mut c = job.spawn("c", &config_c, port_c);
+    let mut b = job.spawn("b", &config_b);
+    let mut c = job.spawn("c", &config_c);
     assert_eq!(
         job.produce_small_batches(&second, 15),
         (lines.len() - half) as u64
@@ -358,13 +358,13 @@ fn a_restarted_static_member_starts_at_once_from_its_local_state() {
     job.create_topics();
     let input = job.path().join("events.ndjson");
     let (events, bad) = generate(&input, 40, 0.5, 1000, 99);
-    let (config, port) = job.config("a");
+    let config = job.config("a");
     assert_eq!(job.produce_small_batches(&input, 50), events + bad);
-    let mut a = job.spawn("a", &config, port);
+    let mut a = job.spawn("a", &config);
     wait_settled(&mut [&mut a], 6, "first run");
     a.stop();
     let first_run = std::fs::read_to_string(job.path().join("a.stderr")).unwrap().len();
-    let mut a = job.spawn("a", &config, port);
+    let mut a = job.spawn("a", &config);
     wait_settled(&mut [&mut a], 6, "after the restart");
     a.stop();
     let log = std::fs::read_to_string(job.path().join("a.stderr")).unwrap()[first_run..].to_owned();

@@ -252,6 +252,7 @@ pub fn tail(path: &Path, lines: usize) -> String {
 pub struct Proc {
     pub child: Child,
     pub tag: String,
+    /// Its metrics endpoint's port (on 127.0.0.1), as it logged it.
     pub port: u16,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
@@ -579,10 +580,11 @@ impl Job {
         self.dir.path()
     }
 
-    /// Writes the config file of instance `tag` (its own data dir and metrics port, the job's
-    /// topics and group) and returns (path, port).
-    pub fn config(&self, tag: &str) -> (PathBuf, u16) {
-        let port = free_port();
+    /// Writes the config file of instance `tag` (its own data dir, the job's topics and group)
+    /// and returns its path. The metrics endpoint listens on port 0: each process started with
+    /// it gets a free port from the system, which [`Job::spawn`] reads from its log (a port
+    /// picked here and bound later by the child could be taken in between).
+    pub fn config(&self, tag: &str) -> PathBuf {
         let s = &self.settings;
         let t = &self.topics;
         let mut client = String::new();
@@ -609,7 +611,7 @@ batch_max_records = {batch}
 batch_max_ms = 50
 
 [telemetry]
-listen = "127.0.0.1:{port}"
+listen = "127.0.0.1:0"
 
 [kafka]
 brokers = "{brokers}"
@@ -659,7 +661,7 @@ dlq = "{dlq}"
         );
         let path = self.path().join(format!("{tag}.toml"));
         std::fs::write(&path, toml).unwrap();
-        (path, port)
+        path
     }
 
     /// The partitions instance `tag` restored from the changelog, as its log says.
@@ -681,7 +683,7 @@ dlq = "{dlq}"
 
     /// `rapport topics create` for the job's topics (then `topics check`).
     pub fn create_topics(&self) {
-        let (config, _) = self.config("topics");
+        let config = self.config("topics");
         let out = rapport_ok(
             rapport()
                 .args(["topics", "create", "--config"])
@@ -698,11 +700,14 @@ dlq = "{dlq}"
     }
 
     /// Starts `rapport run --config <tag>.toml` (Kafka mode); logs to `<tag>.stdout|stderr`.
-    /// Each start of one tag appends to the same logs.
-    pub fn spawn(&self, tag: &str, config: &Path, port: u16) -> Proc {
+    /// Each start of one tag appends to the same logs. Returns once the child has logged the
+    /// address of its metrics endpoint (the port the system gave it), which [`Proc::port`] holds.
+    pub fn spawn(&self, tag: &str, config: &Path) -> Proc {
         let stdout = self.path().join(format!("{tag}.stdout"));
         let stderr = self.path().join(format!("{tag}.stderr"));
         let open = |p: &Path| File::options().create(true).append(true).open(p).unwrap();
+        // This start's lines come after what earlier starts of the tag logged.
+        let logged_before = std::fs::metadata(&stderr).map_or(0, |m| m.len() as usize);
         let child = rapport()
             .args(["run", "--quiet", "--config"])
             .arg(config)
@@ -710,18 +715,29 @@ dlq = "{dlq}"
             .stderr(open(&stderr))
             .spawn()
             .expect("start rapport run");
-        Proc {
+        let mut p = Proc {
             child,
             tag: format!("{}/{tag}", self.name),
-            port,
+            port: 0,
             stdout,
             stderr,
-        }
+        };
+        p.port = p.wait_for("the address of the metrics endpoint in the log", DEADLINE, |p| {
+            let log = std::fs::read(&p.stderr).unwrap_or_default();
+            let log = String::from_utf8_lossy(log.get(logged_before..).unwrap_or_default());
+            log.lines()
+                .filter(|l| l.contains("Serving /metrics"))
+                .flat_map(str::split_whitespace)
+                .find_map(|w| w.strip_prefix("address=")?.parse::<SocketAddr>().ok())
+                .map(|a| a.port())
+                .ok_or_else(|| "not logged yet".to_owned())
+        });
+        p
     }
 
     /// `rapport produce --format F` of an NDJSON file; returns the records sent.
     pub fn produce_cli(&self, input: &Path, format: &str) -> u64 {
-        let (config, _) = self.config("produce");
+        let config = self.config("produce");
         let out = rapport_ok(
             rapport()
                 .args(["produce", "--config"])
