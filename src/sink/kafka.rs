@@ -389,21 +389,26 @@ mod tests {
             }
         }
         // Every record is on the broker; its last reports may still be on their way. Settling
-        // until nothing is in flight takes a turn or a few, not one turn per report event
-        // (at least WAVES × PARTITIONS of them).
+        // until nothing is in flight takes a turn or a few that serve reports, not one turn per
+        // report event (at least WAVES × PARTITIONS of them). Turns that find nothing to serve
+        // are not counted: how many pass before the last reports arrive depends on how busy
+        // the machine is, not on the sink.
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut turns = 0;
         while sink.in_flight() > 0 {
             assert!(Instant::now() < deadline, "{} records never confirmed", sink.in_flight());
+            let before = sink.in_flight();
             sink.confirmed(false).unwrap();
-            turns += 1;
+            if sink.in_flight() < before {
+                turns += 1;
+            }
             if sink.in_flight() > 0 {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
         assert!(
             turns <= 10,
-            "{turns} turns of the loop to serve the reports of {seq} acknowledged records"
+            "{turns} turns of the loop served reports of {seq} acknowledged records"
         );
         assert_eq!(sink.confirmed(false).unwrap(), seq);
     }
