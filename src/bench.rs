@@ -1682,8 +1682,21 @@ mod tests {
     fn a_childs_peak_is_its_own_not_the_parents_at_fork() {
         // This process holds 256 MiB, touched; a child started now must not be reported that big.
         let big = vec![1u8; 256 << 20];
-        let child = std::process::Command::new("sleep").arg("0.3").spawn().unwrap();
+        // The child lives until the watcher has looked at it (`cat` ends when its stdin is
+        // closed): a child that lives a fixed time can be gone before the watcher's first look
+        // on a busy machine.
+        let mut child = std::process::Command::new("cat")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         let peak = PeakRss::watch(&child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while peak.peak_kib.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "the watcher never read the child's peak");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(child.stdin.take());
         let u = wait_usage(&child, peak).unwrap();
         assert_eq!(u.exit, Some(0));
         assert!(u.peak_rss > 0, "the child's peak was never sampled");
