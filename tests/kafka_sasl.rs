@@ -50,6 +50,28 @@ listen = ""
     p
 }
 
+/// Topic and group names of their own for one test: the process id alone repeats across runs
+/// against a broker that keeps its data, and `topics create` then finds the topics there.
+fn suffix(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{what}{}x{:x}", std::process::id(), nanos % (1 << 40))
+}
+
+/// A child that is killed if the test fails while it runs, instead of outliving it.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn reachable() {
     let addr = sasl_addr();
     assert!(
@@ -62,8 +84,7 @@ fn reachable() {
 fn sasl_plain_credentials_pass_through_and_stay_secret() {
     reachable();
     let dir = tempfile::tempdir().unwrap();
-    let suffix = format!("ok{}", std::process::id());
-    let cfg = config(dir.path(), "rapport-secret", &suffix);
+    let cfg = config(dir.path(), "rapport-secret", &suffix("ok"));
 
     let out = Command::new(BIN).args(["topics", "create", "--config"]).arg(&cfg).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
@@ -72,14 +93,16 @@ fn sasl_plain_credentials_pass_through_and_stay_secret() {
     assert!(!text.contains("rapport-secret"), "the password was printed:\n{text}");
 
     // A run logs its client settings at start: the password must show as asterisks.
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
+    let mut child = Running(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr = child.0.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
@@ -97,8 +120,15 @@ fn sasl_plain_credentials_pass_through_and_stay_secret() {
             log.extend(chunk);
         }
     }
-    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
-    let status = child.wait().unwrap();
+    Command::new("kill").arg("-TERM").arg(child.0.id().to_string()).status().unwrap();
+    let stop_deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < stop_deadline, "rapport did not exit within 30 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
     while let Ok(chunk) = rx.recv_timeout(Duration::from_millis(500)) {
         log.extend(chunk);
     }
@@ -112,7 +142,7 @@ fn sasl_plain_credentials_pass_through_and_stay_secret() {
 fn a_wrong_password_is_refused_with_a_clear_error_that_does_not_echo_it() {
     reachable();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "not-the-password-42", &format!("bad{}", std::process::id()));
+    let cfg = config(dir.path(), "not-the-password-42", &suffix("bad"));
     let out = Command::new(BIN).args(["topics", "check", "--config"]).arg(&cfg).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a wrong password was accepted:\n{text}");
