@@ -997,14 +997,32 @@ fn a_data_directory_of_another_topic_set_is_refused() {
         .collect::<Vec<_>>()
         .join("\n");
     std::fs::write(&other, text).unwrap();
-    let out = rapport()
+    // Waited for within a limit: a rapport that wrongly starts runs until it is stopped (it is
+    // killed when the test fails).
+    let (stdout, stderr) = (second.path().join("refused.stdout"), second.path().join("refused.stderr"));
+    let child = rapport()
         .args(["run", "--quiet", "--config"])
         .arg(&other)
         .env("RAPPORT_TELEMETRY__LISTEN", "")
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "rapport started on another topic set's state:\n{said}");
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("start rapport run");
+    let mut refused = Proc { child, tag: "topicset-b/run".into(), port: 0, stdout, stderr };
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = refused.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rapport still runs {DEADLINE:?} after it was started on another topic set's state\n{}",
+            refused.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let said = std::fs::read_to_string(&refused.stderr).unwrap_or_default();
+    assert!(!status.success(), "rapport started on another topic set's state:\n{said}");
     assert!(
         said.contains("holds state built from the topics")
             && said.contains(&first.topics.usage)
