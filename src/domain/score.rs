@@ -460,13 +460,13 @@ pub fn outcome_expectation(
 
 /// ARR in force `days` before `now` (the first known ARR for younger accounts).
 pub fn arr_at(s: &AccountState, at_ms: i64) -> Option<f64> {
-    let mut found = None;
-    for c in &s.arr_changes {
-        if c.at_ms <= at_ms {
-            found = Some(c.arr_after);
-        }
-    }
-    found.or_else(|| s.arr_changes.first().map(|c| c.arr_after))
+    // The changes are kept in time order (the fold sorts them), so the one in force is found
+    // by bisection: this runs at every evaluation, over up to `MAX_ARR_CHANGES` changes.
+    let after = s.arr_changes.partition_point(|c| c.at_ms <= at_ms);
+    after
+        .checked_sub(1)
+        .map_or(s.arr_changes.first(), |i| s.arr_changes.get(i))
+        .map(|c| c.arr_after)
 }
 
 /// Net revenue retention against a year ago.
@@ -789,6 +789,31 @@ pub fn explain(c: Component, s: &AccountState, now_ms: i64, cfg: &Config) -> Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Bisection finds the change a scan from the oldest would: the last one at or before
+        /// the moment, else the first, ties included.
+        #[test]
+        fn arr_at_is_the_last_change_at_or_before_the_moment(
+            mut times in proptest::collection::vec(0i64..40, 0..30),
+            at in -5i64..45,
+        ) {
+            times.sort();
+            let mut s = AccountState::default();
+            s.arr_changes = times
+                .iter()
+                .enumerate()
+                .map(|(i, &t)| crate::pb::ArrChange { at_ms: t, arr_after: i as f64 })
+                .collect();
+            let scanned = s
+                .arr_changes
+                .iter()
+                .rfind(|c| c.at_ms <= at)
+                .or(s.arr_changes.first())
+                .map(|c| c.arr_after);
+            proptest::prop_assert_eq!(arr_at(&s, at), scanned);
+        }
+    }
 
     #[test]
     fn redistribution_keeps_scale_and_contributions_sum() {
