@@ -21,9 +21,10 @@ use crate::codec::output::{OutputFormat, encode_alert, encode_score};
 use crate::codec::{DecodeLimits, Reason, Rejection};
 use crate::config::{Config, TimerClock};
 use crate::domain::event::{Event, day_of};
-use crate::domain::score::Band;
+use crate::domain::score::{Band, WindowCache};
 use crate::domain::state::{self, StateError};
-use crate::domain::{AlertStatus, Output, evaluate, fold};
+use crate::domain::engine::evaluate_with;
+use crate::domain::{AlertStatus, Output, fold};
 use crate::domain::peers::PeerBook;
 use crate::pb::{AccountState, Counters, OutboxRecord, PartitionClock, SourcePosition};
 use crate::sink::{OutputKind, Sink, SinkError};
@@ -87,6 +88,8 @@ struct Entry {
     dirty: bool,
     /// The state as written into the batch's write set, once the batch is done with it.
     written: Option<Written>,
+    /// The state's windowed sums, kept between its evaluations in this batch.
+    windows: WindowCache,
 }
 
 /// What the batch's write needs of a state, noted while the state is still in the CPU's cache:
@@ -1046,10 +1049,12 @@ impl Pipeline {
                 existed: false,
                 dirty: false,
                 written: None,
+                windows: WindowCache::default(),
             });
             fold(&mut e.state, ev, late, &cfg);
+            e.windows.folded(&e.state, day_of(ev.occurred_at_ms));
             let book = peers_on.then(|| &mut self.peers[p as usize]);
-            let next = evaluate(&mut e.state, stream, &cfg, book, &mut outs);
+            let next = evaluate_with(&mut e.state, stream, &cfg, book, &mut outs, &mut e.windows);
             e.dirty = true;
             reschedule(&mut self.timers[p as usize], e, next);
             if work.last_event[slot] == this as u32 {
@@ -1408,7 +1413,7 @@ impl Pipeline {
             }
             e.state.timer_due_ms = 0;
             let book = self.cfg.scorecard.peers.enabled().then(|| &mut self.peers[p as usize]);
-            let next = evaluate(&mut e.state, due, &self.cfg, book, &mut outs);
+            let next = evaluate_with(&mut e.state, due, &self.cfg, book, &mut outs, &mut e.windows);
             e.dirty = true;
             reschedule(&mut self.timers[p as usize], e, next);
             // Written now if the batch has no later event for the account (else that event will).
@@ -1475,6 +1480,7 @@ fn entry_of(s: Box<AccountState>, p: u16, cfg: &Config, existed: bool) -> Entry 
         existed,
         dirty: false,
         written: None,
+        windows: WindowCache::default(),
     }
 }
 

@@ -8,7 +8,7 @@ use crate::config::{Config, Severity};
 use crate::domain::alert::{self, Check, RULES, Rule};
 use crate::domain::event::{DAY_MS, day_of};
 use crate::domain::peers::PeerBook;
-use crate::domain::score::{self, Band, COMPONENTS, Driver};
+use crate::domain::score::{self, Band, COMPONENTS, Driver, WindowCache};
 use crate::domain::state::{SCORE_DAYS, rel_day};
 use crate::pb::{AccountState, Cooldown, OpenAlert};
 
@@ -72,10 +72,23 @@ pub fn evaluate(
     s: &mut AccountState,
     now_ms: i64,
     cfg: &Config,
-    mut peers: Option<&mut PeerBook>,
+    peers: Option<&mut PeerBook>,
     out: &mut Vec<Output>,
 ) -> Option<i64> {
-    let w = score::windows(s, now_ms);
+    evaluate_with(s, now_ms, cfg, peers, out, &mut WindowCache::default())
+}
+
+/// [`evaluate`], with the account's windowed sums kept in `windows` from one evaluation to the
+/// next (see [`WindowCache`]); the batch loop keeps one per account in the batch.
+pub fn evaluate_with(
+    s: &mut AccountState,
+    now_ms: i64,
+    cfg: &Config,
+    mut peers: Option<&mut PeerBook>,
+    out: &mut Vec<Output>,
+    windows: &mut WindowCache,
+) -> Option<i64> {
+    let w = windows.windows(s, now_ms);
     let mut values = score::absolute_components(s, &w, now_ms, cfg);
     if let Some(book) = peers.as_deref_mut() {
         // One reading serves both the ranking and the period's sketches.

@@ -14,7 +14,7 @@ use crate::domain::peers::{self, PeerBook};
 use crate::domain::event::{DAY_MS, day_of};
 use crate::domain::fold::money;
 use crate::domain::state::{active_since, buckets_in, rel_day};
-use crate::pb::AccountState;
+use crate::pb::{AccountState, DayBucket};
 
 /// The scorecard's components, in a fixed order (their index is stored in the state).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -152,22 +152,42 @@ pub struct Windows {
 
 pub fn windows(s: &AccountState, now_ms: i64) -> Windows {
     let today = day_of(now_ms);
-    let mut w = Windows::default();
-    let (mut last7, mut prior) = (0u32, 0u32);
-    // Buckets are sorted by day: walk back from the newest and stop at the window's start,
-    // rather than filtering all 90 days on every evaluation.
-    for b in s.days.iter().rev() {
-        let age = today - (s.base_day + b.day as i32);
-        if age < 0 {
-            continue;
+    let mut sums = BucketSums::default();
+    sums.add_all(s, &s.days, today);
+    sums.windows(s, today)
+}
+
+/// The sums of [`Windows`] over some of an account's buckets, before the usage ratios.
+#[derive(Debug, Clone, Copy, Default)]
+struct BucketSums {
+    w: Windows,
+    last7: u32,
+    prior: u32,
+}
+
+impl BucketSums {
+    /// Adds `days` (a run of the account's buckets, in day order) as seen on `today`.
+    fn add_all(&mut self, s: &AccountState, days: &[DayBucket], today: i32) {
+        // Buckets are sorted by day: walk back from the newest and stop at the window's start,
+        // rather than filtering all 90 days on every evaluation.
+        for b in days.iter().rev() {
+            let age = today - (s.base_day + b.day as i32);
+            if age > 59 {
+                break;
+            }
+            self.add(b, age);
         }
-        if age > 59 {
-            break;
+    }
+
+    fn add(&mut self, b: &DayBucket, age: i32) {
+        let w = &mut self.w;
+        if !(0..=59).contains(&age) {
+            return;
         }
         if age < 7 {
-            last7 += b.usage_events;
+            self.last7 += b.usage_events;
         } else if age < 35 {
-            prior += b.usage_events;
+            self.prior += b.usage_events;
         }
         if age < 28 && b.usage_events > 0 {
             w.active_days28 += 1;
@@ -185,12 +205,55 @@ pub fn windows(s: &AccountState, now_ms: i64) -> Windows {
         w.sentiment_milli60 += b.sentiment_milli_sum as i64;
         w.sentiment_n60 += b.sentiment_n;
     }
-    w.usage = UsageWindow {
-        last7: last7 as f64,
-        weekly_avg28: prior as f64 / 4.0,
-        has_baseline: s.first_seen_ms > 0 && day_of(s.first_seen_ms) <= today - 34,
-    };
-    w
+
+    fn windows(self, s: &AccountState, today: i32) -> Windows {
+        let mut w = self.w;
+        w.usage = UsageWindow {
+            last7: self.last7 as f64,
+            weekly_avg28: self.prior as f64 / 4.0,
+            has_baseline: s.first_seen_ms > 0 && day_of(s.first_seen_ms) <= today - 34,
+        };
+        w
+    }
+}
+
+/// [`windows`] kept between evaluations of one account: the sums over every bucket but the
+/// newest, for one day. After an event on the newest day (most of them) evaluation then adds
+/// that one bucket instead of walking back 60 days. Lives as long as the account is in a batch.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WindowCache {
+    /// (today, `base_day`, the newest bucket's offset, the bucket count) the sums were made for:
+    /// a new day, a new bucket, a rebase or a prune changes one of them.
+    key: Option<(i32, i32, u32, usize)>,
+    older: BucketSums,
+}
+
+impl WindowCache {
+    /// `windows(s, now_ms)`, from the kept sums when they still hold.
+    pub fn windows(&mut self, s: &AccountState, now_ms: i64) -> Windows {
+        let today = day_of(now_ms);
+        let Some((newest, older)) = s.days.split_last() else {
+            self.key = None;
+            return windows(s, now_ms);
+        };
+        let key = (today, s.base_day, newest.day, s.days.len());
+        if self.key != Some(key) {
+            self.older = BucketSums::default();
+            self.older.add_all(s, older, today);
+            self.key = Some(key);
+        }
+        let mut sums = self.older;
+        sums.add(newest, today - (s.base_day + newest.day as i32));
+        sums.windows(s, today)
+    }
+
+    /// To be called after folding an event of `day`: an event before the newest bucket's day
+    /// may have changed an older bucket, which the key cannot see.
+    pub fn folded(&mut self, s: &AccountState, day: i32) {
+        if s.days.last().is_none_or(|b| day < s.base_day + b.day as i32) {
+            self.key = None;
+        }
+    }
 }
 
 /// The evaluated scorecard of one account at one moment.
@@ -791,6 +854,62 @@ mod tests {
     use super::*;
 
     proptest::proptest! {
+        /// The kept sums give what a walk over every bucket gives, after each event of a
+        /// sequence with late events (older buckets changed, buckets inserted before the
+        /// newest, rebases), days skipped (prunes) and evaluations at later moments (timers).
+        #[test]
+        fn kept_window_sums_equal_a_full_walk(
+            steps in proptest::collection::vec((-100i64..4, 0u8..4, 0i64..3), 1..120),
+        ) {
+            use crate::domain::event::*;
+            let cfg = Config::defaults();
+            let t0 = 1_700_000_000_000i64;
+            let mut s = crate::domain::state::new_state("a", t0);
+            let mut cache = WindowCache::default();
+            let mut clock = t0;
+            for (i, (days, kind, later)) in steps.into_iter().enumerate() {
+                let t = clock + days * DAY_MS + (i as i64 % 7) * 3_600_000;
+                clock = clock.max(t);
+                let body = match kind {
+                    0 => EventBody::ProductUsage(ProductUsage {
+                        user_id: Some(format!("u{}", i % 5)),
+                        feature: Some("reports".into()),
+                        quantity: 1.0,
+                    }),
+                    1 => EventBody::Email(Email {
+                        contact_id: None,
+                        direction: None,
+                        action: if i % 2 == 0 { EmailAction::Sent } else { EmailAction::Replied },
+                        campaign: None,
+                    }),
+                    2 => EventBody::Call(Call {
+                        contact_id: None,
+                        direction: None,
+                        duration_s: None,
+                        outcome: Some(CallOutcome::MeetingNoShow),
+                        sentiment: Some(0.5),
+                        topics: vec![],
+                    }),
+                    _ => EventBody::Email(Email {
+                        contact_id: None,
+                        direction: None,
+                        action: EmailAction::Bounced,
+                        campaign: None,
+                    }),
+                };
+                let ev = Event { event_id: format!("e{i}"), account_id: "a".into(), occurred_at_ms: t, body };
+                crate::domain::fold::fold(&mut s, &ev, t < clock - 3_600_000, &cfg);
+                cache.folded(&s, day_of(t));
+                for now in [clock, clock + later * DAY_MS] {
+                    proptest::prop_assert_eq!(
+                        format!("{:?}", cache.windows(&s, now)),
+                        format!("{:?}", windows(&s, now)),
+                        "after event {} at {} (clock {}), evaluated at {}", i, t, clock, now
+                    );
+                }
+            }
+        }
+
         /// Bisection finds the change a scan from the oldest would: the last one at or before
         /// the moment, else the first, ties included.
         #[test]
