@@ -180,6 +180,13 @@ fn prefetch_state(s: &AccountState, deep: bool) {
         }
         fetch_bytes(s.user_day.as_ptr(), std::mem::size_of_val(&s.user_day[..]));
         fetch_bytes(s.feature_day.as_ptr(), std::mem::size_of_val(&s.feature_day[..]));
+        // The score's daily highs and lows (three buffers, read whole for the score-drop rule),
+        // and the alert rules' open alerts and cooldowns.
+        fetch_bytes(s.score_day.as_ptr(), std::mem::size_of_val(&s.score_day[..]));
+        fetch_bytes(s.score_max.as_ptr(), std::mem::size_of_val(&s.score_max[..]));
+        fetch_bytes(s.score_min.as_ptr(), std::mem::size_of_val(&s.score_min[..]));
+        fetch_bytes(s.open_alerts.as_ptr(), std::mem::size_of_val(&s.open_alerts[..]));
+        fetch_bytes(s.cooldowns.as_ptr(), std::mem::size_of_val(&s.cooldowns[..]));
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (s, deep);
