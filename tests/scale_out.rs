@@ -98,6 +98,20 @@ fn assemble(job: &Job, owners: &BTreeMap<u16, String>) -> StoreView {
     }
 }
 
+/// The end of every instance's log in the job's directory, for a failure message: which one
+/// restored, kept or gave away which partition, and when.
+fn instance_logs(job: &Job) -> String {
+    let mut logs: Vec<_> = std::fs::read_dir(job.path())
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    logs.retain(|p| p.extension().is_some_and(|x| x == "stderr"));
+    logs.sort();
+    logs.iter()
+        .map(|p| format!("--- {}\n{}", p.display(), tail(p, 60)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Every open "gone dark" alert published is justified by the input: the account had no usage
 /// event after the last usage the alert names and before the alert opened. Returns how many
 /// were checked.
@@ -135,7 +149,8 @@ fn gone_dark_alerts_are_true(what: &str, job: &Job, input: &Path) -> usize {
             .collect();
         assert!(
             between.is_empty(),
-            "{what}: false \"gone dark\" alert for {account}: it names its last usage at {last} and opened at {opened}, but the input has usage at {between:?}\n{v}"
+            "{what}: false \"gone dark\" alert for {account}: it names its last usage at {last} and opened at {opened}, but the input has usage at {between:?}\n{v}\n{}",
+            instance_logs(job)
         );
         checked += 1;
     }
