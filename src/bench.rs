@@ -1124,13 +1124,12 @@ fn kafka_in(
             .iter()
             .find(|r| r.contender == Contender::KafkaJson)
             .map(|r| r.events_per_second());
-        let rates: Vec<f64> = match b.latency_rate.is_empty() {
-            true => vec![max.map_or(5000.0, |m| m / 2.0)],
-            false => b.latency_rate.clone(),
-        }
-        .into_iter()
-        .map(|r| r.max(100.0))
-        .collect();
+        let given = if b.latency_rate.is_empty() {
+            vec![max.map_or(5000.0, |m| m / 2.0)]
+        } else {
+            b.latency_rate.clone()
+        };
+        let rates: Vec<f64> = given.into_iter().map(|r| r.max(100.0)).collect();
         let top = rates.iter().copied().fold(0.0, f64::max);
         use std::io::BufRead;
         // Decoded once for every latency run: decoding each line as it was sent took a tenth of

@@ -23,8 +23,7 @@ use crate::config::{Config, TimerClock};
 use crate::domain::event::{Event, day_of};
 use crate::domain::score::{Band, WindowCache};
 use crate::domain::state::{self, StateError};
-use crate::domain::engine::evaluate_with;
-use crate::domain::{AlertStatus, Output, fold};
+use crate::domain::{AlertStatus, Output, evaluate_with, fold};
 use crate::domain::peers::PeerBook;
 use crate::pb::{AccountState, Counters, OutboxRecord, PartitionClock, SourcePosition};
 use crate::sink::{OutputKind, Sink, SinkError};
@@ -165,28 +164,29 @@ fn prefetch_state(s: &AccountState, deep: bool) {
                 fetch((p as *const u8).wrapping_add(off));
             }
         }
+        fn fetch_slice<T>(v: &[T]) {
+            fetch_bytes(v.as_ptr(), std::mem::size_of_val(v));
+        }
         if !deep {
             fetch_bytes(s as *const AccountState, std::mem::size_of::<AccountState>());
             return;
         }
         // The newest buckets (scored walking back from the newest), the ARR history and the
         // open deals, the tracked users and features.
-        let days = &s.days;
-        let from = days.len().saturating_sub(8);
-        fetch_bytes(days[from..].as_ptr(), std::mem::size_of_val(&days[from..]));
-        fetch_bytes(s.arr_changes.as_ptr(), std::mem::size_of_val(&s.arr_changes[..]));
+        fetch_slice(&s.days[s.days.len().saturating_sub(8)..]);
+        fetch_slice(&s.arr_changes);
         for d in &s.open_deals {
             fetch(d.kind.as_ptr());
         }
-        fetch_bytes(s.user_day.as_ptr(), std::mem::size_of_val(&s.user_day[..]));
-        fetch_bytes(s.feature_day.as_ptr(), std::mem::size_of_val(&s.feature_day[..]));
+        fetch_slice(&s.user_day);
+        fetch_slice(&s.feature_day);
         // The score's daily highs and lows (three buffers, read whole for the score-drop rule),
         // and the alert rules' open alerts and cooldowns.
-        fetch_bytes(s.score_day.as_ptr(), std::mem::size_of_val(&s.score_day[..]));
-        fetch_bytes(s.score_max.as_ptr(), std::mem::size_of_val(&s.score_max[..]));
-        fetch_bytes(s.score_min.as_ptr(), std::mem::size_of_val(&s.score_min[..]));
-        fetch_bytes(s.open_alerts.as_ptr(), std::mem::size_of_val(&s.open_alerts[..]));
-        fetch_bytes(s.cooldowns.as_ptr(), std::mem::size_of_val(&s.cooldowns[..]));
+        fetch_slice(&s.score_day);
+        fetch_slice(&s.score_max);
+        fetch_slice(&s.score_min);
+        fetch_slice(&s.open_alerts);
+        fetch_slice(&s.cooldowns);
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (s, deep);

@@ -9,5 +9,5 @@ pub mod peers;
 pub mod score;
 pub mod state;
 
-pub use engine::{AlertChange, AlertStatus, Output, ScoreChange, evaluate};
+pub use engine::{AlertChange, AlertStatus, Output, ScoreChange, evaluate, evaluate_with};
 pub use fold::fold;
