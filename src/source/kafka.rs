@@ -221,11 +221,19 @@ pub fn client_config(cfg: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &k.brokers);
     c.set("client.id", &k.client_id);
+    c.set("topic.metadata.refresh.interval.ms", METADATA_REFRESH_MS);
     for (key, v) in &k.client {
         c.set(key, v);
     }
     c
 }
+
+/// How often every client refreshes the cluster's metadata (librdkafka's default: 5 minutes).
+/// A broker that has just restarted can answer a metadata request before it has loaded its
+/// partitions ("unknown partition"); librdkafka then leaves those partitions unserved until
+/// the next periodic refresh. A broker outage test once stalled for its whole 90 s that way
+/// right after the broker came back. `kafka.client` may still set it.
+pub const METADATA_REFRESH_MS: &str = "10000";
 
 /// Whether a librdkafka setting holds a secret (its value is never logged).
 pub fn is_secret(key: &str) -> bool {
@@ -1116,6 +1124,16 @@ impl KafkaSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_client_refreshes_metadata_often_unless_the_client_table_says_otherwise() {
+        let mut cfg = Config::defaults();
+        for c in [client_config(&cfg), reader_config(&cfg), member_config(&cfg)] {
+            assert_eq!(c.get("topic.metadata.refresh.interval.ms"), Some(METADATA_REFRESH_MS));
+        }
+        cfg.kafka.client.insert("topic.metadata.refresh.interval.ms".into(), "60000".into());
+        assert_eq!(reader_config(&cfg).get("topic.metadata.refresh.interval.ms"), Some("60000"));
+    }
 
     #[test]
     fn the_reader_takes_its_defaults_then_the_client_table_then_the_consumer_table() {
