@@ -315,6 +315,18 @@ pub struct KafkaSource {
     /// together, and on a loaded machine a first fetch can take longer than the merge's wait
     /// (the other topics' later events would then run ahead of it, and their timers with them).
     first_fetch: FxHashSet<u32>,
+    /// Topic partitions (key index) whose fetching (re)started without a record from them since:
+    /// activated, resumed after their buffer was full, or resumed after a backpressure pause;
+    /// with when. Until the fetcher has been to the broker for one of them, librdkafka's cached
+    /// watermarks are the ones from before: an empty queue then looks read to its end while the
+    /// broker may hold records produced since, and the merge would hand out the other topics'
+    /// later records ahead of them (their event-time timers with them: a "gone dark" alert for
+    /// an account whose usage has not been fetched yet). Such a topic holds the merge back for
+    /// `unheard_grace` at most.
+    unheard: FxHashMap<u32, Instant>,
+    /// How long an empty, unheard topic partition holds its partition's merge back: long
+    /// enough for a fetch round trip, within `merge_wait`.
+    unheard_grace: Duration,
     /// When an expired merge wait was last logged (at most one warning per 10 s).
     last_expiry_warning: Option<Instant>,
     /// Account partitions per input topic (key index = topic index × this + partition).
@@ -345,6 +357,18 @@ const READER_DEFAULTS: &[(&str, &str)] = &[
 /// The merge's longest wait (in poll) for a topic partition's first records after activation,
 /// while the broker holds some.
 const FIRST_FETCH_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a topic partition whose fetching just (re)started may hold its partition's merge
+/// back while its queue is empty and its cached watermarks say it has nothing more: two of the
+/// reader's fetch waits (the fetch in flight, then the one that includes it) and 100 ms for
+/// the round trips, but never more than `kafka.merge_wait_ms`.
+fn unheard_grace(cfg: &Config) -> Duration {
+    let fetch_wait_ms: u64 = reader_config(cfg)
+        .get("fetch.wait.max.ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    Duration::from_millis(2 * fetch_wait_ms + 100).min(Duration::from_millis(cfg.kafka.merge_wait_ms))
+}
 
 /// A poll lingers for more records while the broker holds at least `max` / this many records
 /// not fetched yet.
@@ -457,6 +481,8 @@ impl KafkaSource {
             merge_wait: Duration::from_millis(cfg.kafka.merge_wait_ms),
             known_high: FxHashMap::default(),
             first_fetch: FxHashSet::default(),
+            unheard: FxHashMap::default(),
+            unheard_grace: unheard_grace(cfg),
             last_expiry_warning: None,
             partitions: cfg.engine.partitions as u32,
         })
@@ -539,6 +565,7 @@ impl KafkaSource {
             own.at_end.remove(&tp);
             own.start.insert(tp.clone(), start);
             if let Some(&idx) = self.index.get(&tp) {
+                self.unheard.insert(idx, Instant::now());
                 self.fetched.remove(&idx);
                 self.handed.remove(&idx);
                 self.buffered -= self.pending[idx as usize].len();
@@ -605,6 +632,7 @@ impl KafkaSource {
         self.blocked_since.retain(|p, _| owned.contains(p));
         self.known_high.retain(|i, _| !gone(i));
         self.first_fetch.retain(|i| !gone(i));
+        self.unheard.retain(|i, _| !gone(i));
         self.full.retain(|i| !gone(i));
         self.unassign_where(|p| !owned.contains(&p));
     }
@@ -693,6 +721,13 @@ impl KafkaSource {
         }
         self.paused = paused;
         if !paused {
+            let now = Instant::now();
+            let owned = self.ownership.lock().unwrap().owned.clone();
+            for (idx, key) in self.keys.iter().enumerate() {
+                if owned.contains(&(split_key(key).1 as u16)) {
+                    self.unheard.insert(idx as u32, now);
+                }
+            }
             let full = std::mem::take(&mut self.full);
             self.pause_fetching(&full, true);
             self.full = full;
@@ -882,6 +917,9 @@ impl Source for KafkaSource {
                     if !self.first_fetch.is_empty() {
                         self.first_fetch.remove(&idx);
                     }
+                    if !self.unheard.is_empty() {
+                        self.unheard.remove(&idx);
+                    }
                     self.starved = false;
                     self.pending[idx as usize].push_back(Pending {
                         offset: m.offset(),
@@ -964,6 +1002,8 @@ impl KafkaSource {
             let mut best: Option<u32> = None;
             let mut blocked = false;
             let mut first = false;
+            // An empty topic whose cached watermarks cannot be trusted yet (see `unheard`).
+            let mut unheard = false;
             for (j, &idx) in idxs.iter().enumerate() {
                 match self.pending[idx as usize].front() {
                     Some(r) => {
@@ -976,6 +1016,16 @@ impl KafkaSource {
                         if !*drained[j].get_or_insert_with(|| self.drained(idx)) {
                             blocked = true;
                             first |= self.first_fetch.contains(&idx);
+                        } else if self.paused {
+                            // Nothing is fetched while paused for backpressure: what the
+                            // watermarks say is from before the pause.
+                            unheard = true;
+                        } else if let Some(since) = self.unheard.get(&idx) {
+                            if since.elapsed() < self.unheard_grace {
+                                unheard = true;
+                            } else {
+                                self.unheard.remove(&idx);
+                            }
                         }
                     }
                 }
@@ -984,6 +1034,10 @@ impl KafkaSource {
                 self.blocked_since.remove(&p);
                 return;
             };
+            if unheard && !blocked {
+                // Waits for the fetcher's next word on that topic; no merge wait is counted.
+                return;
+            }
             if blocked {
                 let merge_wait = self.merge_wait;
                 let b = self.blocked_since.entry(p).or_insert_with(|| Blocked {
@@ -1043,6 +1097,10 @@ impl KafkaSource {
             self.full.extend(over);
         }
         if !under.is_empty() {
+            if !self.paused {
+                let now = Instant::now();
+                self.unheard.extend(under.iter().map(|&i| (i, now)));
+            }
             self.pause_fetching(&under, false);
             self.full.retain(|i| !under.contains(i));
         }
@@ -1124,6 +1182,77 @@ impl KafkaSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Records of a topic produced while its fetching was paused (its buffer full) come out of
+    /// the merge in time order with the other topics' records: its queue running empty right
+    /// after the resume does not count as read to its end, since librdkafka's watermarks for
+    /// it are still the ones from before the pause.
+    #[test]
+    fn records_produced_while_a_topic_is_paused_are_merged_in_time_order() {
+        use rdkafka::mocking::MockCluster;
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        const MAX: usize = 40;
+        let mock = MockCluster::new(1).unwrap();
+        let mut cfg = Config::defaults();
+        cfg.kafka.brokers = mock.bootstrap_servers();
+        cfg.engine.partitions = 1;
+        for t in cfg.kafka.input_topics.all() {
+            mock.create_topic(t, 1, 1).unwrap();
+        }
+        mock.create_topic(&cfg.kafka.changelog_topic, 1, 1).unwrap();
+        let (usage, email) = (
+            cfg.kafka.input_topics.product_usage.clone(),
+            cfg.kafka.input_topics.email.clone(),
+        );
+        let producer: BaseProducer = client_config(&cfg).create().unwrap();
+        let t0 = 1_780_000_000_000i64;
+        let send = |topic: &str, ts: i64| {
+            let payload = ts.to_string();
+            producer
+                .send(BaseRecord::to(topic).key("acct").payload(&payload).timestamp(t0 + ts))
+                .unwrap();
+        };
+        // Usage at even milliseconds 0..200, email at odd ones 1..799.
+        for i in 0..100 {
+            send(&usage, 2 * i);
+        }
+        for i in 0..400 {
+            send(&email, 2 * i + 1);
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+
+        let mut src = KafkaSource::new(&cfg).unwrap();
+        src.ownership.lock().unwrap().group.insert(0);
+        let ends = src.end_offsets(&[0]);
+        let positions: Vec<(String, Option<u64>)> = src.keys_of(0).into_iter().map(|k| (k, None)).collect();
+        src.activate(0, &positions, &ends);
+        let u = src.index_of(&usage, 0).unwrap();
+
+        let mut out: Vec<i64> = Vec::new();
+        let mut late_sent = false;
+        let mut batch = InputBatch::default();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while out.len() < 520 {
+            assert!(Instant::now() < deadline, "only {} of 520 records came out: {out:?}", out.len());
+            batch.clear();
+            src.poll(MAX, Duration::from_millis(50), &mut batch).unwrap();
+            out.extend(batch.records.iter().map(|r| {
+                std::str::from_utf8(batch.bytes(r)).unwrap().parse::<i64>().unwrap()
+            }));
+            if !late_sent && src.full.contains(&u) {
+                // While usage is paused: twenty more usage records, 200..238 ms, behind most
+                // of the email already fetched.
+                for i in 100..120 {
+                    send(&usage, 2 * i);
+                }
+                producer.flush(Duration::from_secs(10)).unwrap();
+                late_sent = true;
+            }
+        }
+        assert!(late_sent, "the usage topic's buffer never filled and paused");
+        let disorder: Vec<(i64, i64)> = out.windows(2).filter(|w| w[1] < w[0]).map(|w| (w[0], w[1])).collect();
+        assert!(disorder.is_empty(), "records out of time order (earlier after later): {disorder:?}");
+    }
 
     #[test]
     fn every_client_refreshes_metadata_often_unless_the_client_table_says_otherwise() {
