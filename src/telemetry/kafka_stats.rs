@@ -122,7 +122,20 @@ fn record_brokers(s: &Statistics, client: &'static str) {
 pub const ERROR_STAGES: [&str; 3] = ["consume", "produce", "restore"];
 pub const ERROR_CODES: [&str; 4] = ["brokers_down", "transport", "authentication", "kafka"];
 
+/// How often one kind of client error (stage and code) is logged at most; every one is counted.
+/// While the brokers are down, a poll loop hears the same error every few milliseconds.
+const CLIENT_ERROR_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// When one kind of client error was last logged, and how many came since without a line.
+type Logged = Option<(std::time::Instant, u64)>;
+
+/// Per stage and code, what [`Logged`] says.
+static CLIENT_ERRORS_LOGGED: Mutex<[[Logged; ERROR_CODES.len()]; ERROR_STAGES.len()]> =
+    Mutex::new([[None; ERROR_CODES.len()]; ERROR_STAGES.len()]);
+
 /// A client-level error (broker down, authentication failed, ...). librdkafka retries by itself.
+/// Each is counted in `rapport_errors_total`; the log gets one line per stage and code every
+/// [`CLIENT_ERROR_LOG_EVERY`] at most, saying how many it left out.
 pub fn client_error(stage: &'static str, e: &KafkaError, reason: &str) {
     let code = match e.rdkafka_error_code() {
         Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) => "brokers_down",
@@ -131,7 +144,28 @@ pub fn client_error(stage: &'static str, e: &KafkaError, reason: &str) {
         _ => "kafka",
     };
     counter!(ERRORS, "stage" => stage, "error_code" => code).increment(1);
-    warn!(stage, code, error = %e, reason, "Kafka client error; librdkafka retries with backoff.");
+    if let Some(repeats) = log_now(stage, code, std::time::Instant::now()) {
+        warn!(stage, code, error = %e, reason, repeats, "Kafka client error; librdkafka retries with backoff.");
+    }
+}
+
+/// Whether this error of `stage` and `code` is to be logged at `now`; if so, how many of the
+/// same were left out since the last line.
+fn log_now(stage: &str, code: &str, now: std::time::Instant) -> Option<u64> {
+    let s = ERROR_STAGES.iter().position(|x| *x == stage).unwrap_or(0);
+    let c = ERROR_CODES.iter().position(|x| *x == code).unwrap_or(ERROR_CODES.len() - 1);
+    let mut logged = CLIENT_ERRORS_LOGGED.lock().unwrap_or_else(|e| e.into_inner());
+    match &mut logged[s][c] {
+        Some((at, skipped)) if now.duration_since(*at) < CLIENT_ERROR_LOG_EVERY => {
+            *skipped += 1;
+            None
+        }
+        slot => {
+            let repeats = slot.map_or(0, |(_, skipped)| skipped);
+            *slot = Some((now, 0));
+            Some(repeats)
+        }
+    }
 }
 
 pub fn rebalanced() {
@@ -144,4 +178,26 @@ pub fn paused_partitions(n: usize) {
 
 pub fn produce_failures(n: u64) {
     counter!(KAFKA_PRODUCE_ERRORS).increment(n);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_repeated_client_error_is_logged_once_per_interval_with_the_count_left_out() {
+        // A stage and code no other unit test reports.
+        let (stage, code) = ("restore", "authentication");
+        let t0 = Instant::now();
+        assert_eq!(log_now(stage, code, t0), Some(0), "the first is logged");
+        for ms in [5, 10, 4_000, 9_999] {
+            assert_eq!(log_now(stage, code, t0 + Duration::from_millis(ms)), None, "at +{ms} ms");
+        }
+        // Another kind is logged on its own schedule.
+        assert_eq!(log_now("restore", "transport", t0 + Duration::from_millis(20)), Some(0));
+        assert_eq!(log_now(stage, code, t0 + CLIENT_ERROR_LOG_EVERY), Some(4), "four were left out");
+        assert_eq!(log_now(stage, code, t0 + CLIENT_ERROR_LOG_EVERY + Duration::from_millis(1)), None);
+        assert_eq!(log_now(stage, code, t0 + 3 * CLIENT_ERROR_LOG_EVERY), Some(1));
+    }
 }
