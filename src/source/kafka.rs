@@ -316,13 +316,14 @@ pub struct KafkaSource {
     /// (the other topics' later events would then run ahead of it, and their timers with them).
     first_fetch: FxHashSet<u32>,
     /// Topic partitions (key index) whose fetching (re)started without a record from them since:
-    /// activated, resumed after their buffer was full, or resumed after a backpressure pause;
-    /// with when. Until the fetcher has been to the broker for one of them, librdkafka's cached
-    /// watermarks are the ones from before: an empty queue then looks read to its end while the
-    /// broker may hold records produced since, and the merge would hand out the other topics'
-    /// later records ahead of them (their event-time timers with them: a "gone dark" alert for
-    /// an account whose usage has not been fetched yet). Such a topic holds the merge back for
-    /// `unheard_grace` at most.
+    /// activated, or resumed after their buffer was full while the other topics went on
+    /// fetching; with when. Until the fetcher has been to the broker for one of them,
+    /// librdkafka's cached watermarks are the ones from before: an empty queue then looks read
+    /// to its end while the broker may hold records produced since, and the merge would hand
+    /// out the other topics' later records ahead of them (their event-time timers with them: a
+    /// "gone dark" alert for an account whose usage has not been fetched yet). Such a topic
+    /// holds the merge back for `unheard_grace` at most. (A backpressure pause stops every
+    /// topic's fetching at once, so their watermarks stay as old as each other's.)
     unheard: FxHashMap<u32, Instant>,
     /// How long an empty, unheard topic partition holds its partition's merge back: long
     /// enough for a fetch round trip, within `merge_wait`.
@@ -721,13 +722,6 @@ impl KafkaSource {
         }
         self.paused = paused;
         if !paused {
-            let now = Instant::now();
-            let owned = self.ownership.lock().unwrap().owned.clone();
-            for (idx, key) in self.keys.iter().enumerate() {
-                if owned.contains(&(split_key(key).1 as u16)) {
-                    self.unheard.insert(idx as u32, now);
-                }
-            }
             let full = std::mem::take(&mut self.full);
             self.pause_fetching(&full, true);
             self.full = full;
@@ -1016,10 +1010,6 @@ impl KafkaSource {
                         if !*drained[j].get_or_insert_with(|| self.drained(idx)) {
                             blocked = true;
                             first |= self.first_fetch.contains(&idx);
-                        } else if self.paused {
-                            // Nothing is fetched while paused for backpressure: what the
-                            // watermarks say is from before the pause.
-                            unheard = true;
                         } else if let Some(since) = self.unheard.get(&idx) {
                             if since.elapsed() < self.unheard_grace {
                                 unheard = true;
