@@ -2,6 +2,7 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge};
 use rdkafka::error::KafkaError;
@@ -124,10 +125,10 @@ pub const ERROR_CODES: [&str; 4] = ["brokers_down", "transport", "authentication
 
 /// How often one kind of client error (stage and code) is logged at most; every one is counted.
 /// While the brokers are down, a poll loop hears the same error every few milliseconds.
-const CLIENT_ERROR_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+const CLIENT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// When one kind of client error was last logged, and how many came since without a line.
-type Logged = Option<(std::time::Instant, u64)>;
+type Logged = Option<(Instant, u64)>;
 
 /// Per stage and code, what [`Logged`] says.
 static CLIENT_ERRORS_LOGGED: Mutex<[[Logged; ERROR_CODES.len()]; ERROR_STAGES.len()]> =
@@ -144,14 +145,14 @@ pub fn client_error(stage: &'static str, e: &KafkaError, reason: &str) {
         _ => "kafka",
     };
     counter!(ERRORS, "stage" => stage, "error_code" => code).increment(1);
-    if let Some(repeats) = log_now(stage, code, std::time::Instant::now()) {
+    if let Some(repeats) = log_now(stage, code, Instant::now()) {
         warn!(stage, code, error = %e, reason, repeats, "Kafka client error; librdkafka retries with backoff.");
     }
 }
 
 /// Whether this error of `stage` and `code` is to be logged at `now`; if so, how many of the
 /// same were left out since the last line.
-fn log_now(stage: &str, code: &str, now: std::time::Instant) -> Option<u64> {
+fn log_now(stage: &str, code: &str, now: Instant) -> Option<u64> {
     let s = ERROR_STAGES.iter().position(|x| *x == stage).unwrap_or(0);
     let c = ERROR_CODES.iter().position(|x| *x == code).unwrap_or(ERROR_CODES.len() - 1);
     let mut logged = CLIENT_ERRORS_LOGGED.lock().unwrap_or_else(|e| e.into_inner());
@@ -183,7 +184,6 @@ pub fn produce_failures(n: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
 
     #[test]
     fn a_repeated_client_error_is_logged_once_per_interval_with_the_count_left_out() {
