@@ -11,7 +11,7 @@
 //! partition's stream time passes them, so the result does not depend on where batches begin
 //! and end.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -271,7 +271,8 @@ pub struct Pipeline {
     changelog: Option<Changelog>,
     /// Changelog records committed and not yet handed to the sink, in sequence order. Each is
     /// sent once every output committed before it is delivered, and only for open partitions.
-    gate: Vec<(u64, OutboxRecord)>,
+    /// A queue: each pump looks only at the records it may send, from the front.
+    gate: VecDeque<(u64, OutboxRecord)>,
     /// Partitions whose changelog records may not be published (yet): not owned, or not yet
     /// verified as ours since start-up.
     held: BTreeSet<u16>,
@@ -390,7 +391,7 @@ impl Pipeline {
             work: Work::default(),
             scratch: Scratch::default(),
             changelog: None,
-            gate: Vec::new(),
+            gate: VecDeque::new(),
             held: BTreeSet::new(),
             sent_changelog: BTreeSet::new(),
             last_sent: None,
@@ -757,7 +758,7 @@ impl Pipeline {
         for (seq, r) in recs {
             if self.changelog.is_some() && r.kind == OutputKind::Changelog as u32 {
                 // Held until the partition is known to be ours, its changelog untouched by others.
-                self.gate.push((seq, r));
+                self.gate.push_back((seq, r));
             } else {
                 sink.send(seq, &r)?;
                 self.last_sent = Some(seq);
@@ -794,43 +795,50 @@ impl Pipeline {
             };
             let all_delivered = self.last_sent.is_none_or(|l| c > l);
             let mut first_sent: Option<u64> = None;
-            let gate = std::mem::take(&mut self.gate);
-            let mut keep = Vec::with_capacity(gate.len());
+            // The gate is in sequence order, so the records that may go are a prefix of it (those
+            // below `bound`), less the held partitions' ones. Only that prefix is looked at: the
+            // rest can hold a batch's worth of records, and this runs at every turn of the loop
+            // while the outbox drains.
+            let mut kept: Vec<(u64, OutboxRecord)> = Vec::new();
             let mut failed = None;
-            for (seq, rec) in gate {
-                if failed.is_some() || seq >= bound || self.held.contains(&(rec.partition as u16)) {
-                    keep.push((seq, rec));
+            while self.gate.front().is_some_and(|(seq, _)| *seq < bound) {
+                let (seq, rec) = self.gate.pop_front().expect("front checked above");
+                let p = rec.partition as u16;
+                if self.held.contains(&p) {
+                    kept.push((seq, rec));
                     continue;
                 }
-                let p = rec.partition as u16;
                 if !self.sent_changelog.contains(&p) {
                     // Durably noted before the record can reach the broker.
                     let mut w = WriteSet::default();
                     w.put(Cf::Meta, &changelog_sent_key(p), &[]);
                     if let Err(e) = self.store.commit(&w) {
-                        keep.push((seq, rec));
-                        failed.get_or_insert(SinkError::Other(format!(
+                        kept.push((seq, rec));
+                        failed = Some(SinkError::Other(format!(
                             "cannot note the changelog's first send in the store: {e}"
                         )));
-                        continue;
+                        break;
                     }
                     self.sent_changelog.insert(p);
                 }
                 if let Err(e) = sink.send(seq, &rec) {
-                    keep.push((seq, rec));
+                    kept.push((seq, rec));
                     failed = Some(e);
-                    continue;
+                    break;
                 }
                 self.last_sent = Some(self.last_sent.map_or(seq, |l| l.max(seq)));
                 first_sent.get_or_insert(seq);
             }
-            self.gate = keep;
+            // What was looked at and stays goes back in front, in its order.
+            for r in kept.into_iter().rev() {
+                self.gate.push_front(r);
+            }
             if let Some(e) = failed {
                 self.poisoned = true;
                 return Err(e.into());
             }
             let base = if all_delivered { self.next_seq } else { c };
-            let lowest = [Some(base), first_sent, self.gate.first().map(|(s, _)| *s)]
+            let lowest = [Some(base), first_sent, self.gate.front().map(|(s, _)| *s)]
                 .into_iter()
                 .flatten()
                 .min()
@@ -1304,7 +1312,7 @@ impl Pipeline {
         for (i, rec) in outbox.drain(..).enumerate() {
             let seq = first_seq + i as u64;
             if rec.kind == OutputKind::Changelog as u32 {
-                self.gate.push((seq, rec));
+                self.gate.push_back((seq, rec));
             } else {
                 if let Err(e) = sink.send(seq, &rec) {
                     self.poisoned = true;
