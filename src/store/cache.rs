@@ -232,6 +232,20 @@ mod tests {
     }
 
     #[test]
+    fn a_second_put_of_a_key_replaces_its_entry() {
+        let mut c = StateCache::new(1 << 20);
+        c.put(b"k1".to_vec().into(), Box::new(new_state("a", 1)), 100);
+        c.put(b"k2".to_vec().into(), Box::new(new_state("b", 1)), 100);
+        c.put(b"k1".to_vec().into(), Box::new(new_state("c", 1)), 300);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.bytes(), 100 + 300 + 2 * ENTRY_OVERHEAD);
+        assert_eq!(c.take(b"k1").unwrap().1.account_id, "c");
+        assert_eq!(c.take(b"k2").unwrap().1.account_id, "b");
+        assert!(c.is_empty());
+        assert_eq!(c.bytes(), 0);
+    }
+
+    #[test]
     fn zero_budget_caches_nothing() {
         let mut c = StateCache::new(0);
         c.put(b"k".to_vec().into(), Box::new(new_state("a", 1)), 100);
