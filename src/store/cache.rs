@@ -9,15 +9,9 @@
 //! cache is over its budget, a sweep evicts entries not used since the previous sweep and clears
 //! the mark of the others. A sweep walks the whole table, so it frees a tenth of the budget at a
 //! time to stay rare.
-//!
-//! Each entry keeps its key's 64-bit hash beside it, and a lookup compares that before the key.
-//! A table of a million states is far larger than the CPU caches, and the key bytes live in
-//! their own allocation: comparing the key of every entry whose 7-bit tag happens to match
-//! cost a cache miss to reach a key that is almost never the one sought.
 
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
-
-use hashbrown::HashTable;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::pb::AccountState;
 
@@ -42,9 +36,7 @@ impl Hasher for KeyHasher {
 
 pub type KeyHash = BuildHasherDefault<KeyHasher>;
 
-struct Entry {
-    hash: u64,
-    key: Box<[u8]>,
+struct Slot {
     // Boxed: states move between the cache and a batch's working set twice per batch, and a
     // pointer moves cheaper than the state's several hundred bytes; the table stays compact.
     state: Box<AccountState>,
@@ -55,11 +47,7 @@ struct Entry {
 pub struct StateCache {
     budget: usize,
     used_bytes: usize,
-    map: HashTable<Entry>,
-}
-
-fn hash_of(key: &[u8]) -> u64 {
-    KeyHash::default().hash_one(key)
+    map: HashMap<Box<[u8]>, Slot, KeyHash>,
 }
 
 /// Fixed cost of one cached entry beyond the state's own heap data: the table slot, the key and
@@ -97,18 +85,16 @@ impl StateCache {
         StateCache {
             budget,
             used_bytes: 0,
-            map: HashTable::new(),
+            map: HashMap::default(),
         }
     }
 
     /// Takes the committed state stored under `key` out of the cache, with the key's own
     /// allocation (so that putting it back costs none).
     pub fn take(&mut self, key: &[u8]) -> Option<(Box<[u8]>, Box<AccountState>)> {
-        let hash = hash_of(key);
-        let found = self.map.find_entry(hash, |e| e.hash == hash && *e.key == *key).ok()?;
-        let (e, _) = found.remove();
-        self.used_bytes -= e.bytes;
-        Some((e.key, e.state))
+        let (k, slot) = self.map.remove_entry(key)?;
+        self.used_bytes -= slot.bytes;
+        Some((k, slot.state))
     }
 
     /// Puts a committed state into the cache, evicting others if it is over its budget.
@@ -119,24 +105,13 @@ impl StateCache {
             return;
         }
         let bytes = weight + ENTRY_OVERHEAD;
-        let hash = hash_of(&key);
-        match self.map.find_mut(hash, |e| e.hash == hash && e.key == key) {
-            Some(e) => {
-                self.used_bytes -= e.bytes;
-                e.state = state;
-                e.bytes = bytes;
-                e.used = true;
-            }
-            None => {
-                let e = Entry {
-                    hash,
-                    key,
-                    state,
-                    bytes,
-                    used: true,
-                };
-                self.map.insert_unique(hash, e, |e| e.hash);
-            }
+        let slot = Slot {
+            state,
+            bytes,
+            used: true,
+        };
+        if let Some(old) = self.map.insert(key, slot) {
+            self.used_bytes -= old.bytes;
         }
         self.used_bytes += bytes;
         if self.used_bytes > self.budget {
@@ -150,15 +125,15 @@ impl StateCache {
         let target = self.budget - self.budget / 10;
         for _ in 0..2 {
             let mut used_bytes = self.used_bytes;
-            self.map.retain(|e| {
+            self.map.retain(|_, slot| {
                 if used_bytes <= target {
                     return true;
                 }
-                if e.used {
-                    e.used = false;
+                if slot.used {
+                    slot.used = false;
                     return true;
                 }
-                used_bytes -= e.bytes;
+                used_bytes -= slot.bytes;
                 false
             });
             self.used_bytes = used_bytes;
@@ -172,9 +147,9 @@ impl StateCache {
     /// been changed behind the pipeline's back, e.g. restored after a rebalance).
     pub fn forget(&mut self, doomed: impl Fn(&[u8]) -> bool) {
         let mut used_bytes = self.used_bytes;
-        self.map.retain(|e| {
-            if doomed(&e.key) {
-                used_bytes -= e.bytes;
+        self.map.retain(|k, slot| {
+            if doomed(k) {
+                used_bytes -= slot.bytes;
                 false
             } else {
                 true
