@@ -10,7 +10,6 @@
 //! broker refuses for good (topic gone, not authorized, too large) stops the instance with that
 //! reason; it stays in the outbox for the next start.
 
-use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +22,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use tracing::{info, warn};
 
+use super::seqs::SeqSet;
 use super::{OutputKind, Sink, SinkError};
 use crate::config::Config;
 use crate::pb::OutboxRecord;
@@ -33,10 +33,14 @@ use crate::telemetry::kafka_stats;
 struct Deliveries {
     /// Delivery reports served so far (acknowledged or failed).
     served: u64,
-    done: BTreeSet<u64>,
+    /// Acknowledged since the last `settle`, in the order their reports came.
+    done: Vec<u64>,
     /// Records the broker refused for good: (sequence, topic, error).
     failed: Vec<(u64, String, String)>,
 }
+
+// Sequence numbers travel as the delivery opaque, a `usize`: they must fit it whole.
+const _: () = assert!(usize::BITS >= u64::BITS, "rapport's Kafka sink needs a 64-bit target");
 
 /// The longest one `settle` serves delivery reports.
 const MAX_SETTLE: Duration = Duration::from_millis(20);
@@ -55,18 +59,20 @@ impl ClientContext for DeliveryContext {
 }
 
 impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = Box<u64>;
+    /// The record's outbox sequence number, carried as the opaque itself: no allocation per
+    /// record.
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, seq: Box<u64>) {
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
         let mut d = self.deliveries.lock().unwrap();
         d.served += 1;
         match result {
             Ok(_) => {
-                d.done.insert(*seq);
+                d.done.push(seq as u64);
             }
             Err((e, m)) => {
                 use rdkafka::message::Message;
-                d.failed.push((*seq, m.topic().to_owned(), e.to_string()));
+                d.failed.push((seq as u64, m.topic().to_owned(), e.to_string()));
             }
         }
     }
@@ -78,9 +84,9 @@ pub struct KafkaSink {
     /// Health scores, churn alerts, dead letters, changelog: by `OutputKind`.
     topics: [String; 4],
     /// Sent and not yet delivered, by sequence number.
-    in_flight: BTreeSet<u64>,
+    in_flight: SeqSet,
     /// The subset of `in_flight` that is not changelog records.
-    outputs_in_flight: BTreeSet<u64>,
+    outputs_in_flight: SeqSet,
     next_seq: u64,
     /// One past the highest output (not changelog) sequence sent.
     next_output_seq: u64,
@@ -130,8 +136,8 @@ impl KafkaSink {
                 t.dlq.clone(),
                 cfg.kafka.changelog_topic.clone(),
             ],
-            in_flight: BTreeSet::new(),
-            outputs_in_flight: BTreeSet::new(),
+            in_flight: SeqSet::default(),
+            outputs_in_flight: SeqSet::default(),
             next_seq: 0,
             next_output_seq: 0,
             refused: None,
@@ -171,7 +177,7 @@ impl KafkaSink {
                 value: Some(&value),
             });
         }
-        let mut r = BaseRecord::with_opaque_to(topic, Box::new(seq)).payload(&rec.payload);
+        let mut r = BaseRecord::with_opaque_to(topic, seq as usize).payload(&rec.payload);
         if !rec.headers.is_empty() {
             r = r.headers(headers);
         }
@@ -198,7 +204,7 @@ impl KafkaSink {
                 });
             }
         }
-        let mut r = BaseRecord::with_opaque_to(topic, Box::new(seq))
+        let mut r = BaseRecord::with_opaque_to(topic, seq as usize)
             .key(&rec.key)
             .partition(rec.partition)
             .headers(headers);
@@ -234,8 +240,8 @@ impl KafkaSink {
             (std::mem::take(&mut d.done), std::mem::take(&mut d.failed))
         };
         for seq in done {
-            self.in_flight.remove(&seq);
-            self.outputs_in_flight.remove(&seq);
+            self.in_flight.remove(seq);
+            self.outputs_in_flight.remove(seq);
         }
         if let Some((_, topic, err)) = failed.first() {
             kafka_stats::produce_failures(failed.len() as u64);
@@ -246,7 +252,7 @@ impl KafkaSink {
             self.refused = Some(why.clone());
             return Err(SinkError::Other(why));
         }
-        Ok(self.in_flight.first().copied().unwrap_or(self.next_seq))
+        Ok(self.in_flight.first().unwrap_or(self.next_seq))
     }
 
     /// Records handed to the producer and not yet acknowledged.
@@ -259,7 +265,7 @@ impl KafkaSink {
 /// room.
 fn send_waiting<K, P>(
     producer: &BaseProducer<DeliveryContext>,
-    mut r: BaseRecord<'_, K, P, Box<u64>>,
+    mut r: BaseRecord<'_, K, P, usize>,
 ) -> Result<(), SinkError>
 where
     K: rdkafka::message::ToBytes + ?Sized,
@@ -300,7 +306,6 @@ impl Sink for KafkaSink {
         Ok(self
             .outputs_in_flight
             .first()
-            .copied()
             .unwrap_or(self.next_output_seq))
     }
 

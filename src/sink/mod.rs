@@ -4,6 +4,7 @@
 
 pub mod file;
 pub mod kafka;
+pub mod seqs;
 
 use crate::pb::OutboxRecord;
 
