@@ -969,7 +969,7 @@ impl Pipeline {
             let (slot, new) = work.slot(&key_buf);
             if new {
                 match self.cache.take(&key_buf) {
-                    Some((_, s)) => work.slots[slot as usize] = Some(entry_of(s, *p, &cfg, true)),
+                    Some(s) => work.slots[slot as usize] = Some(entry_of(s, *p, &cfg, true)),
                     None => x.misses.push((key_buf.clone(), slot)),
                 }
             }
@@ -1299,7 +1299,7 @@ impl Pipeline {
                     Some(wr) => wr.weight,
                     None => state_weight(&key, &e.state),
                 };
-                self.cache.put(key, e.state, weight);
+                self.cache.put(&key, e.state, weight);
             }
         }
         self.work = work;
@@ -1409,7 +1409,7 @@ impl Pipeline {
             let slot = slot as usize;
             if work.slots[slot].is_none() {
                 let s = match self.cache.take(&key) {
-                    Some((_, s)) => s,
+                    Some(s) => s,
                     None => match self.store.get(Cf::State, &key)? {
                         // Not in the store: an account this batch creates (its timer cannot be
                         // due yet), or a stale timer.

@@ -13,6 +13,8 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use smallvec::SmallVec;
+
 use crate::pb::AccountState;
 
 /// A hasher for short byte keys (state keys, dedup keys): xxh3 per `write`, much cheaper than
@@ -40,14 +42,19 @@ struct Slot {
     // Boxed: states move between the cache and a batch's working set twice per batch, and a
     // pointer moves cheaper than the state's several hundred bytes; the table stays compact.
     state: Box<AccountState>,
-    bytes: usize,
+    bytes: u32,
     used: bool,
 }
+
+/// A state key, held in the table's own slot when it is short (a partition and an account id of
+/// up to 14 bytes): a table of a million states is far larger than the CPU caches, and a key in
+/// an allocation of its own cost one more cache miss at every lookup that compared it.
+type Key = SmallVec<[u8; 16]>;
 
 pub struct StateCache {
     budget: usize,
     used_bytes: usize,
-    map: HashMap<Box<[u8]>, Slot, KeyHash>,
+    map: HashMap<Key, Slot, KeyHash>,
 }
 
 /// Fixed cost of one cached entry beyond the state's own heap data: the table slot, the key and
@@ -89,31 +96,30 @@ impl StateCache {
         }
     }
 
-    /// Takes the committed state stored under `key` out of the cache, with the key's own
-    /// allocation (so that putting it back costs none).
-    pub fn take(&mut self, key: &[u8]) -> Option<(Box<[u8]>, Box<AccountState>)> {
-        let (k, slot) = self.map.remove_entry(key)?;
-        self.used_bytes -= slot.bytes;
-        Some((k, slot.state))
+    /// Takes the committed state stored under `key` out of the cache.
+    pub fn take(&mut self, key: &[u8]) -> Option<Box<AccountState>> {
+        let slot = self.map.remove(key)?;
+        self.used_bytes -= slot.bytes as usize;
+        Some(slot.state)
     }
 
     /// Puts a committed state into the cache, evicting others if it is over its budget.
     /// `weight` is the state's size as [`state_bytes`] (plus the key length) gives it, which the
     /// caller may have noted while the state was at hand.
-    pub fn put(&mut self, key: Box<[u8]>, state: Box<AccountState>, weight: usize) {
+    pub fn put(&mut self, key: &[u8], state: Box<AccountState>, weight: usize) {
         if self.budget == 0 {
             return;
         }
-        let bytes = weight + ENTRY_OVERHEAD;
+        let bytes = (weight + ENTRY_OVERHEAD).min(u32::MAX as usize) as u32;
         let slot = Slot {
             state,
             bytes,
             used: true,
         };
-        if let Some(old) = self.map.insert(key, slot) {
-            self.used_bytes -= old.bytes;
+        if let Some(old) = self.map.insert(Key::from_slice(key), slot) {
+            self.used_bytes -= old.bytes as usize;
         }
-        self.used_bytes += bytes;
+        self.used_bytes += bytes as usize;
         if self.used_bytes > self.budget {
             self.sweep();
         }
@@ -133,7 +139,7 @@ impl StateCache {
                     slot.used = false;
                     return true;
                 }
-                used_bytes -= slot.bytes;
+                used_bytes -= slot.bytes as usize;
                 false
             });
             self.used_bytes = used_bytes;
@@ -149,7 +155,7 @@ impl StateCache {
         let mut used_bytes = self.used_bytes;
         self.map.retain(|k, slot| {
             if doomed(k) {
-                used_bytes -= slot.bytes;
+                used_bytes -= slot.bytes as usize;
                 false
             } else {
                 true
@@ -180,12 +186,12 @@ mod tests {
     #[test]
     fn take_removes_and_put_restores() {
         let mut c = StateCache::new(1 << 20);
-        c.put(b"k1".to_vec().into(), Box::new(new_state("a", 1)), 100);
-        let (k, s) = c.take(b"k1").unwrap();
+        c.put(b"k1", Box::new(new_state("a", 1)), 100);
+        let s = c.take(b"k1").unwrap();
         assert_eq!(s.account_id, "a");
         assert!(c.take(b"k1").is_none(), "a taken state is not in the cache");
         assert_eq!(c.bytes(), 0);
-        c.put(k, s, 100);
+        c.put(b"k1", s, 100);
         assert_eq!(c.len(), 1);
     }
 
@@ -195,12 +201,12 @@ mod tests {
         let one = weight + ENTRY_OVERHEAD;
         let mut c = StateCache::new(one * 100);
         for i in 0..1000 {
-            let key = format!("k{i:04}").into_bytes().into_boxed_slice();
-            c.put(key, Box::new(new_state("acct-0000", i)), weight);
+            let key = format!("k{i:04}");
+            c.put(key.as_bytes(), Box::new(new_state("acct-0000", i)), weight);
             assert!(c.bytes() <= one * 100);
             // k0000 is used all the time: it survives every sweep.
-            let (k, s) = c.take(b"k0000").unwrap();
-            c.put(k, s, weight);
+            let s = c.take(b"k0000").unwrap();
+            c.put(b"k0000", s, weight);
         }
         assert!(c.len() <= 100 && c.len() >= 80, "{}", c.len());
         assert!(c.take(b"k0999").is_some(), "the newest entry is kept");
@@ -209,13 +215,13 @@ mod tests {
     #[test]
     fn a_second_put_of_a_key_replaces_its_entry() {
         let mut c = StateCache::new(1 << 20);
-        c.put(b"k1".to_vec().into(), Box::new(new_state("a", 1)), 100);
-        c.put(b"k2".to_vec().into(), Box::new(new_state("b", 1)), 100);
-        c.put(b"k1".to_vec().into(), Box::new(new_state("c", 1)), 300);
+        c.put(b"k1", Box::new(new_state("a", 1)), 100);
+        c.put(b"k2", Box::new(new_state("b", 1)), 100);
+        c.put(b"k1", Box::new(new_state("c", 1)), 300);
         assert_eq!(c.len(), 2);
         assert_eq!(c.bytes(), 100 + 300 + 2 * ENTRY_OVERHEAD);
-        assert_eq!(c.take(b"k1").unwrap().1.account_id, "c");
-        assert_eq!(c.take(b"k2").unwrap().1.account_id, "b");
+        assert_eq!(c.take(b"k1").unwrap().account_id, "c");
+        assert_eq!(c.take(b"k2").unwrap().account_id, "b");
         assert!(c.is_empty());
         assert_eq!(c.bytes(), 0);
     }
@@ -223,7 +229,7 @@ mod tests {
     #[test]
     fn zero_budget_caches_nothing() {
         let mut c = StateCache::new(0);
-        c.put(b"k".to_vec().into(), Box::new(new_state("a", 1)), 100);
+        c.put(b"k", Box::new(new_state("a", 1)), 100);
         assert!(c.is_empty());
     }
 }
