@@ -1299,7 +1299,7 @@ impl Pipeline {
                     Some(wr) => wr.weight,
                     None => state_weight(&key, &e.state),
                 };
-                self.cache.put(&key, e.state, weight);
+                self.cache.put(key, e.state, weight);
             }
         }
         self.work = work;

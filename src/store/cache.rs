@@ -105,8 +105,9 @@ impl StateCache {
 
     /// Puts a committed state into the cache, evicting others if it is over its budget.
     /// `weight` is the state's size as [`state_bytes`] (plus the key length) gives it, which the
-    /// caller may have noted while the state was at hand.
-    pub fn put(&mut self, key: &[u8], state: Box<AccountState>, weight: usize) {
+    /// caller may have noted while the state was at hand. A key too long to be held inline keeps
+    /// its own allocation.
+    pub fn put(&mut self, key: Box<[u8]>, state: Box<AccountState>, weight: usize) {
         if self.budget == 0 {
             return;
         }
@@ -116,7 +117,7 @@ impl StateCache {
             bytes,
             used: true,
         };
-        if let Some(old) = self.map.insert(Key::from_slice(key), slot) {
+        if let Some(old) = self.map.insert(Key::from_vec(key.into_vec()), slot) {
             self.used_bytes -= old.bytes as usize;
         }
         self.used_bytes += bytes as usize;
@@ -186,12 +187,12 @@ mod tests {
     #[test]
     fn take_removes_and_put_restores() {
         let mut c = StateCache::new(1 << 20);
-        c.put(b"k1", Box::new(new_state("a", 1)), 100);
+        c.put(b"k1".to_vec().into(), Box::new(new_state("a", 1)), 100);
         let s = c.take(b"k1").unwrap();
         assert_eq!(s.account_id, "a");
         assert!(c.take(b"k1").is_none(), "a taken state is not in the cache");
         assert_eq!(c.bytes(), 0);
-        c.put(b"k1", s, 100);
+        c.put(b"k1".to_vec().into(), s, 100);
         assert_eq!(c.len(), 1);
     }
 
@@ -201,12 +202,12 @@ mod tests {
         let one = weight + ENTRY_OVERHEAD;
         let mut c = StateCache::new(one * 100);
         for i in 0..1000 {
-            let key = format!("k{i:04}");
-            c.put(key.as_bytes(), Box::new(new_state("acct-0000", i)), weight);
+            let key = format!("k{i:04}").into_bytes().into_boxed_slice();
+            c.put(key, Box::new(new_state("acct-0000", i)), weight);
             assert!(c.bytes() <= one * 100);
             // k0000 is used all the time: it survives every sweep.
             let s = c.take(b"k0000").unwrap();
-            c.put(b"k0000", s, weight);
+            c.put(b"k0000".to_vec().into(), s, weight);
         }
         assert!(c.len() <= 100 && c.len() >= 80, "{}", c.len());
         assert!(c.take(b"k0999").is_some(), "the newest entry is kept");
@@ -215,9 +216,9 @@ mod tests {
     #[test]
     fn a_second_put_of_a_key_replaces_its_entry() {
         let mut c = StateCache::new(1 << 20);
-        c.put(b"k1", Box::new(new_state("a", 1)), 100);
-        c.put(b"k2", Box::new(new_state("b", 1)), 100);
-        c.put(b"k1", Box::new(new_state("c", 1)), 300);
+        c.put(b"k1".to_vec().into(), Box::new(new_state("a", 1)), 100);
+        c.put(b"k2".to_vec().into(), Box::new(new_state("b", 1)), 100);
+        c.put(b"k1".to_vec().into(), Box::new(new_state("c", 1)), 300);
         assert_eq!(c.len(), 2);
         assert_eq!(c.bytes(), 100 + 300 + 2 * ENTRY_OVERHEAD);
         assert_eq!(c.take(b"k1").unwrap().account_id, "c");
@@ -229,7 +230,7 @@ mod tests {
     #[test]
     fn zero_budget_caches_nothing() {
         let mut c = StateCache::new(0);
-        c.put(b"k", Box::new(new_state("a", 1)), 100);
+        c.put(b"k".to_vec().into(), Box::new(new_state("a", 1)), 100);
         assert!(c.is_empty());
     }
 }
