@@ -222,6 +222,7 @@ pub fn client_config(cfg: &Config) -> ClientConfig {
     c.set("bootstrap.servers", &k.brokers);
     c.set("client.id", &k.client_id);
     c.set("topic.metadata.refresh.interval.ms", METADATA_REFRESH_MS);
+    c.set("metadata.recovery.rebootstrap.trigger.ms", REBOOTSTRAP_AFTER_MS);
     for (key, v) in &k.client {
         c.set(key, v);
     }
@@ -234,6 +235,18 @@ pub fn client_config(cfg: &Config) -> ClientConfig {
 /// the next periodic refresh. A broker outage test once stalled for its whole 90 s that way
 /// right after the broker came back. `kafka.client` may still set it.
 pub const METADATA_REFRESH_MS: &str = "10000";
+
+/// How long a client goes without a usable metadata answer before it starts again from
+/// `kafka.brokers` (librdkafka's default: 5 minutes). A broker thawed after a freeze, or just
+/// restarted, is fenced by its controller until it registers again, and a metadata answer it
+/// gives meanwhile lists no broker at all; librdkafka 2.12 then forgets every broker it knew,
+/// and with none left it neither finds the group coordinator nor refreshes a partition leader
+/// until it bootstraps again. Our frozen-broker test sat "not ready" for its whole 150 s that
+/// way, the group consumer repeating "no broker available for coordinator query". With this,
+/// such a client is back within seconds; while every broker is really down it reconnects to
+/// the same addresses, which costs one connection attempt per interval. `kafka.client` may
+/// still set it.
+pub const REBOOTSTRAP_AFTER_MS: &str = "10000";
 
 /// Whether a librdkafka setting holds a secret (its value is never logged).
 pub fn is_secret(key: &str) -> bool {
@@ -1249,6 +1262,7 @@ mod tests {
         let mut cfg = Config::defaults();
         for c in [client_config(&cfg), reader_config(&cfg), member_config(&cfg)] {
             assert_eq!(c.get("topic.metadata.refresh.interval.ms"), Some(METADATA_REFRESH_MS));
+            assert_eq!(c.get("metadata.recovery.rebootstrap.trigger.ms"), Some(REBOOTSTRAP_AFTER_MS));
         }
         cfg.kafka.client.insert("topic.metadata.refresh.interval.ms".into(), "60000".into());
         assert_eq!(reader_config(&cfg).get("topic.metadata.refresh.interval.ms"), Some("60000"));
