@@ -335,8 +335,9 @@ pub struct KafkaSource {
     /// to its end while the broker may hold records produced since, and the merge would hand
     /// out the other topics' later records ahead of them (their event-time timers with them: a
     /// "gone dark" alert for an account whose usage has not been fetched yet). Such a topic
-    /// holds the merge back for `unheard_grace` at most. (A backpressure pause stops every
-    /// topic's fetching at once, so their watermarks stay as old as each other's.)
+    /// holds the merge back for `unheard_grace`; still unheard then, its end offset is asked of
+    /// the broker (`verify_ends`). (A backpressure pause stops every topic's fetching at once,
+    /// so their watermarks stay as old as each other's.)
     unheard: FxHashMap<u32, Instant>,
     /// How long an empty, unheard topic partition holds its partition's merge back: long
     /// enough for a fetch round trip, within `merge_wait`.
@@ -372,10 +373,11 @@ const READER_DEFAULTS: &[(&str, &str)] = &[
 /// while the broker holds some.
 const FIRST_FETCH_WAIT: Duration = Duration::from_secs(10);
 
-/// How long a topic partition whose fetching just (re)started may hold its partition's merge
-/// back while its queue is empty and its cached watermarks say it has nothing more: two of the
-/// reader's fetch waits (the fetch in flight, then the one that includes it) and 100 ms for
-/// the round trips, but never more than `kafka.merge_wait_ms`.
+/// How long a topic partition whose fetching just (re)started waits for the fetcher's word
+/// while its queue is empty and its cached watermarks say it has nothing more, before the broker
+/// is asked for its end offset instead: two of the reader's fetch waits (the fetch in flight,
+/// then the one that includes it) and 100 ms for the round trips, but never more than
+/// `kafka.merge_wait_ms`.
 fn unheard_grace(cfg: &Config) -> Duration {
     let fetch_wait_ms: u64 = reader_config(cfg)
         .get("fetch.wait.max.ms")
@@ -521,11 +523,19 @@ impl KafkaSource {
     /// six partitions of four topics took six seconds). Missing: the broker did not answer;
     /// librdkafka's cached watermarks are relied on then.
     pub fn end_offsets(&self, partitions: &[u16]) -> FxHashMap<u32, i64> {
+        let idxs: Vec<u32> = partitions
+            .iter()
+            .flat_map(|&p| self.topics.iter().filter_map(move |t| self.index_of(t, p as i32)))
+            .collect();
+        self.end_offsets_of(&idxs)
+    }
+
+    /// The broker's end offsets of these topic partitions (by key index), in one request.
+    fn end_offsets_of(&self, idxs: &[u32]) -> FxHashMap<u32, i64> {
         let mut tpl = TopicPartitionList::new();
-        for &p in partitions {
-            for t in &self.topics {
-                let _ = tpl.add_partition_offset(t, p as i32, Offset::End);
-            }
+        for &idx in idxs {
+            let (t, p) = split_key(&self.keys[idx as usize]);
+            let _ = tpl.add_partition_offset(t, p, Offset::End);
         }
         let mut ends = FxHashMap::default();
         if tpl.count() == 0 {
@@ -1011,6 +1021,8 @@ impl KafkaSource {
             let mut first = false;
             // An empty topic whose cached watermarks cannot be trusted yet (see `unheard`).
             let mut unheard = false;
+            // Unheard topics whose grace is over: their end offsets are asked of the broker.
+            let mut unverified: Vec<u32> = Vec::new();
             for (j, &idx) in idxs.iter().enumerate() {
                 match self.pending[idx as usize].front() {
                     Some(r) => {
@@ -1027,7 +1039,9 @@ impl KafkaSource {
                             if since.elapsed() < self.unheard_grace {
                                 unheard = true;
                             } else {
-                                self.unheard.remove(&idx);
+                                // Still nothing from the fetcher: ask the broker instead.
+                                unheard = true;
+                                unverified.push(idx);
                             }
                         }
                     }
@@ -1037,6 +1051,11 @@ impl KafkaSource {
                 self.blocked_since.remove(&p);
                 return;
             };
+            if !unverified.is_empty() && !blocked {
+                self.verify_ends(&unverified);
+                drained = [None; 4];
+                continue;
+            }
             if unheard && !blocked {
                 // Waits for the fetcher's next word on that topic; no merge wait is counted.
                 return;
@@ -1160,6 +1179,28 @@ impl KafkaSource {
         Some((low, high.max(known)))
     }
 
+    /// Asks the broker for the end offsets of topic partitions still unheard after their grace:
+    /// librdkafka's cached watermarks for them may be from before records produced since (the
+    /// fetcher has not been to the broker for them yet, or its answer is late on a loaded
+    /// machine), and trusting them would let the other topics' later records, and the event-time
+    /// timers they move, run ahead of records not fetched yet. What the broker says becomes the
+    /// floor of their high watermark: a topic with records to fetch then holds the merge back
+    /// like any other, for `FIRST_FETCH_WAIT` or `kafka.merge_wait_ms` at most. A topic the
+    /// broker does not answer for is judged by the cached watermarks, as before.
+    fn verify_ends(&mut self, idxs: &[u32]) {
+        let ends = self.end_offsets_of(idxs);
+        for &idx in idxs {
+            self.unheard.remove(&idx);
+            if let Some(&high) = ends.get(&idx) {
+                let floor = self.known_high.entry(idx).or_insert(high);
+                *floor = (*floor).max(high);
+                if self.unfetched(idx).is_some_and(|n| n > 0) && !self.fetched.contains_key(&idx) {
+                    self.first_fetch.insert(idx);
+                }
+            }
+        }
+    }
+
     /// Whether a topic partition has nothing more to give right now: everything up to its high
     /// watermark has been fetched.
     fn drained(&self, idx: u32) -> bool {
@@ -1255,6 +1296,87 @@ mod tests {
         assert!(late_sent, "the usage topic's buffer never filled and paused");
         let disorder: Vec<(i64, i64)> = out.windows(2).filter(|w| w[1] < w[0]).map(|w| (w[0], w[1])).collect();
         assert!(disorder.is_empty(), "records out of time order (earlier after later): {disorder:?}");
+    }
+
+    /// A topic partition the fetcher has not been back to since records were produced to it (its
+    /// cached watermarks say it is read to its end) does not let the other topics' later records
+    /// go ahead once its grace is over: the broker is asked, says it holds records, and the
+    /// merge waits for them.
+    #[test]
+    fn a_topic_the_fetcher_has_not_been_back_to_is_asked_of_the_broker() {
+        use rdkafka::mocking::MockCluster;
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        let mock = MockCluster::new(1).unwrap();
+        let mut cfg = Config::defaults();
+        cfg.kafka.brokers = mock.bootstrap_servers();
+        cfg.engine.partitions = 1;
+        cfg.kafka.merge_wait_ms = 30_000;
+        for t in cfg.kafka.input_topics.all() {
+            mock.create_topic(t, 1, 1).unwrap();
+        }
+        mock.create_topic(&cfg.kafka.changelog_topic, 1, 1).unwrap();
+        let (usage, email) = (
+            cfg.kafka.input_topics.product_usage.clone(),
+            cfg.kafka.input_topics.email.clone(),
+        );
+        let mut src = KafkaSource::new(&cfg).unwrap();
+        src.ownership.lock().unwrap().group.insert(0);
+        let ends = src.end_offsets(&[0]);
+        let positions: Vec<(String, Option<u64>)> = src.keys_of(0).into_iter().map(|k| (k, None)).collect();
+        src.activate(0, &positions, &ends);
+
+        // Every (empty) topic fetched once, so that librdkafka has watermarks for them.
+        let mut batch = InputBatch::default();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while src.topics.iter().any(|t| cached_watermarks(&src.consumer, t, 0).is_none()) {
+            assert!(Instant::now() < deadline, "the fetcher never reported on the empty topics");
+            src.poll(40, Duration::from_millis(20), &mut batch).unwrap();
+            assert!(batch.records.is_empty());
+        }
+        // The fetcher stays away from usage, whose records are then older than all of email's.
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&usage, 0);
+        src.consumer.pause(&tpl).unwrap();
+        let producer: BaseProducer = client_config(&cfg).create().unwrap();
+        let t0 = 1_780_000_000_000i64;
+        let send = |topic: &str, ts: i64| {
+            let payload = ts.to_string();
+            producer
+                .send(BaseRecord::to(topic).key("acct").payload(&payload).timestamp(t0 + ts))
+                .unwrap();
+        };
+        for i in 0..20 {
+            send(&usage, i);
+        }
+        for i in 0..20 {
+            send(&email, 100 + i);
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+
+        let mut out: Vec<i64> = Vec::new();
+        let take = |batch: &InputBatch, out: &mut Vec<i64>| {
+            out.extend(batch.records.iter().map(|r| {
+                std::str::from_utf8(batch.bytes(r)).unwrap().parse::<i64>().unwrap()
+            }));
+        };
+        // Well past the grace, with the email records fetched: nothing may come out yet.
+        let until = Instant::now() + src.unheard_grace * 3 + Duration::from_millis(500);
+        while Instant::now() < until {
+            batch.clear();
+            src.poll(40, Duration::from_millis(20), &mut batch).unwrap();
+            take(&batch, &mut out);
+        }
+        assert!(src.pending[src.index_of(&email, 0).unwrap() as usize].len() + out.len() > 0, "email was never fetched");
+        assert!(out.is_empty(), "email records went ahead of usage records the broker held: {out:?}");
+        src.consumer.resume(&tpl).unwrap();
+        while out.len() < 40 {
+            assert!(Instant::now() < deadline, "only {} of 40 records came out: {out:?}", out.len());
+            batch.clear();
+            src.poll(40, Duration::from_millis(50), &mut batch).unwrap();
+            take(&batch, &mut out);
+        }
+        let want: Vec<i64> = (0..20).chain(100..120).collect();
+        assert_eq!(out, want, "usage first, then email, each in order");
     }
 
     #[test]
