@@ -578,6 +578,7 @@ impl KafkaSource {
         // it would let the other topics run ahead of one not fetched yet.
         self.blocked_since.remove(&p);
         let mut tpl = TopicPartitionList::new();
+        let mut still_paused = BTreeSet::new();
         for t in &self.topics {
             let tp = (t.clone(), p as i32);
             let key = position_key(t, p as i32);
@@ -594,7 +595,9 @@ impl KafkaSource {
                 self.handed.remove(&idx);
                 self.buffered -= self.pending[idx as usize].len();
                 self.pending[idx as usize].clear();
-                self.full.remove(&idx);
+                if self.full.remove(&idx) {
+                    still_paused.insert(idx);
+                }
                 match ends.get(&idx) {
                     Some(&high) => {
                         self.known_high.insert(idx, high);
@@ -608,6 +611,10 @@ impl KafkaSource {
             let _ = tpl.add_partition_offset(t, p as i32, start.map_or(Offset::Beginning, Offset::Offset));
         }
         drop(own);
+        // librdkafka keeps a partition's pause across unassigning and assigning it again: one
+        // paused for a full buffer would never be fetched again. Resumed before the assignment
+        // (a pause or resume right after one can make librdkafka forget the start offset).
+        self.pause_fetching(&still_paused, false);
         self.unassign_where(|q| q == p);
         // Never assigned while paused: the caller waits until consumption resumes (a pause
         // right after an assignment can make librdkafka forget the start offset).
@@ -657,6 +664,10 @@ impl KafkaSource {
         self.known_high.retain(|i, _| !gone(i));
         self.first_fetch.retain(|i| !gone(i));
         self.unheard.retain(|i, _| !gone(i));
+        // Resumed before they are unassigned: librdkafka would keep them paused, and the next
+        // time they are ours they would never be fetched (see `activate`).
+        let paused: BTreeSet<u32> = self.full.iter().copied().filter(|i| gone(i)).collect();
+        self.pause_fetching(&paused, false);
         self.full.retain(|i| !gone(i));
         self.unassign_where(|p| !owned.contains(&p));
     }
@@ -1296,6 +1307,60 @@ mod tests {
         assert!(late_sent, "the usage topic's buffer never filled and paused");
         let disorder: Vec<(i64, i64)> = out.windows(2).filter(|w| w[1] < w[0]).map(|w| (w[0], w[1])).collect();
         assert!(disorder.is_empty(), "records out of time order (earlier after later): {disorder:?}");
+    }
+
+    /// librdkafka keeps a topic partition paused across unassigning and assigning it again: one
+    /// paused for a full buffer when its partition was revoked is resumed, and its records are
+    /// read when the partition comes back.
+    #[test]
+    fn a_topic_partition_paused_when_its_partition_was_revoked_is_read_when_it_comes_back() {
+        use rdkafka::mocking::MockCluster;
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        let mock = MockCluster::new(1).unwrap();
+        let mut cfg = Config::defaults();
+        cfg.kafka.brokers = mock.bootstrap_servers();
+        cfg.engine.partitions = 1;
+        for t in cfg.kafka.input_topics.all() {
+            mock.create_topic(t, 1, 1).unwrap();
+        }
+        mock.create_topic(&cfg.kafka.changelog_topic, 1, 1).unwrap();
+        let usage = cfg.kafka.input_topics.product_usage.clone();
+        let producer: BaseProducer = client_config(&cfg).create().unwrap();
+        for i in 0..50i64 {
+            let payload = i.to_string();
+            producer
+                .send(BaseRecord::to(&usage).key("acct").payload(&payload).timestamp(1_780_000_000_000 + i))
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+
+        let mut src = KafkaSource::new(&cfg).unwrap();
+        src.ownership.lock().unwrap().group.insert(0);
+        let positions: Vec<(String, Option<u64>)> = src.keys_of(0).into_iter().map(|k| (k, None)).collect();
+        let ends = src.end_offsets(&[0]);
+        src.activate(0, &positions, &ends);
+        // Its buffer full: paused; then the partition is revoked, and given back.
+        let u = src.index_of(&usage, 0).unwrap();
+        let one = BTreeSet::from([u]);
+        src.pause_fetching(&one, true);
+        src.full.insert(u);
+        src.ownership.lock().unwrap().owned.remove(&0);
+        src.drop_revoked();
+        let ends = src.end_offsets(&[0]);
+        src.activate(0, &positions, &ends);
+
+        let mut out: Vec<i64> = Vec::new();
+        let mut batch = InputBatch::default();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while out.len() < 50 {
+            assert!(Instant::now() < deadline, "only {} of 50 records came out: {out:?}", out.len());
+            batch.clear();
+            src.poll(40, Duration::from_millis(50), &mut batch).unwrap();
+            out.extend(batch.records.iter().map(|r| {
+                std::str::from_utf8(batch.bytes(r)).unwrap().parse::<i64>().unwrap()
+            }));
+        }
+        assert_eq!(out, (0..50).collect::<Vec<i64>>());
     }
 
     /// A topic partition the fetcher has not been back to since records were produced to it (its
