@@ -364,6 +364,8 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
     let mut last_mem = Instant::now() - Duration::from_secs(60);
     let mut last_restore_log = Instant::now();
     let mut last_broker_warning = Instant::now() - Duration::from_secs(60);
+    // Since when every check or restore the changelog reader tried has failed.
+    let mut reader_failing_since: Option<Instant> = None;
     let mut last_lag = Instant::now() - Duration::from_secs(60);
     let input_topics: Vec<String> =
         cfg.kafka.input_topics.all().iter().map(|t| t.to_string()).collect();
@@ -437,11 +439,18 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
         for (p, phase) in phases.iter_mut() {
             match *phase {
                 PartitionPhase::ToCheck => match reader.check_tail(*p) {
-                    Ok(()) => *phase = PartitionPhase::Checking,
-                    Err(e) => broker_trouble(&mut last_broker_warning, *p, &e),
+                    Ok(()) => {
+                        reader_failing_since = None;
+                        *phase = PartitionPhase::Checking;
+                    }
+                    Err(e) => {
+                        reader_failing_since.get_or_insert_with(Instant::now);
+                        broker_trouble(&mut last_broker_warning, *p, &e);
+                    }
                 },
                 PartitionPhase::ToRestore { reason } => match reader.restore(*p) {
                     Ok(total) => {
+                        reader_failing_since = None;
                         info!(partition = p, records = total, reason, "Restoring the partition from the changelog; its timers and alerts wait until it is done.");
                         crate::telemetry::RestoreStarted { partition: *p, records: total }.emit();
                         *phase = PartitionPhase::Restoring {
@@ -449,10 +458,28 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
                             started_ms: wall_now_ms(),
                         };
                     }
-                    Err(e) => broker_trouble(&mut last_broker_warning, *p, &e),
+                    Err(e) => {
+                        reader_failing_since.get_or_insert_with(Instant::now);
+                        broker_trouble(&mut last_broker_warning, *p, &e);
+                    }
                 },
                 _ => {}
             }
+        }
+        // A changelog reader that has reached no broker for a while, while the group (which
+        // just gave us these partitions) does, may be one that librdkafka left with no broker
+        // at all: a broker that was frozen or restarted answers with an empty broker list until
+        // it is registered again, and an idle client then has nothing left to ask. A new one
+        // bootstraps from `kafka.brokers`. Only an idle reader is replaced: nothing is lost.
+        if reader_failing_since.is_some_and(|t| t.elapsed() >= READER_RECREATE_AFTER) && reader.is_idle() {
+            match ChangelogReader::new(&cfg) {
+                Ok(fresh) => {
+                    tracing::warn!(seconds = READER_RECREATE_AFTER.as_secs(), "The changelog reader reached no broker for this long; starting a new one.");
+                    reader = fresh;
+                }
+                Err(e) => tracing::warn!(error = %e, "Cannot start a new changelog reader; keeping the old one."),
+            }
+            reader_failing_since = None;
         }
         if !reader.is_idle() {
             let budget = if batch.records.is_empty() {
@@ -672,6 +699,9 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
     );
     Ok(summary)
 }
+
+/// How long every check or restore of the changelog reader fails before a new reader is made.
+const READER_RECREATE_AFTER: Duration = Duration::from_secs(30);
 
 /// A check or restore could not reach the broker: said at most every 10 s.
 fn broker_trouble(last: &mut Instant, p: u16, e: &dyn std::fmt::Display) {
