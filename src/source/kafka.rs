@@ -1238,16 +1238,12 @@ impl KafkaSource {
 mod tests {
     use super::*;
 
-    /// Records of a topic produced while its fetching was paused (its buffer full) come out of
-    /// the merge in time order with the other topics' records: its queue running empty right
-    /// after the resume does not count as read to its end, since librdkafka's watermarks for
-    /// it are still the ones from before the pause.
-    #[test]
-    fn records_produced_while_a_topic_is_paused_are_merged_in_time_order() {
-        use rdkafka::mocking::MockCluster;
-        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-        const MAX: usize = 40;
-        let mock = MockCluster::new(1).unwrap();
+    /// Records' payloads and timestamps, in milliseconds after this, are the same number.
+    const T0: i64 = 1_780_000_000_000;
+
+    /// A mock cluster holding rapport's topics with one partition each, and a config for it.
+    fn mock_world() -> (rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>, Config) {
+        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
         let mut cfg = Config::defaults();
         cfg.kafka.brokers = mock.bootstrap_servers();
         cfg.engine.partitions = 1;
@@ -1255,18 +1251,40 @@ mod tests {
             mock.create_topic(t, 1, 1).unwrap();
         }
         mock.create_topic(&cfg.kafka.changelog_topic, 1, 1).unwrap();
+        (mock, cfg)
+    }
+
+    /// Sends a record whose payload is `ts` and whose timestamp is `T0 + ts`.
+    fn send_at(producer: &rdkafka::producer::BaseProducer, topic: &str, ts: i64) {
+        let payload = ts.to_string();
+        producer
+            .send(rdkafka::producer::BaseRecord::to(topic).key("acct").payload(&payload).timestamp(T0 + ts))
+            .unwrap();
+    }
+
+    /// The numbers a batch's records carry, in order.
+    fn numbers(batch: &InputBatch) -> impl Iterator<Item = i64> + '_ {
+        batch
+            .records
+            .iter()
+            .map(|r| std::str::from_utf8(batch.bytes(r)).unwrap().parse::<i64>().unwrap())
+    }
+
+    /// Records of a topic produced while its fetching was paused (its buffer full) come out of
+    /// the merge in time order with the other topics' records: its queue running empty right
+    /// after the resume does not count as read to its end, since librdkafka's watermarks for
+    /// it are still the ones from before the pause.
+    #[test]
+    fn records_produced_while_a_topic_is_paused_are_merged_in_time_order() {
+        use rdkafka::producer::{BaseProducer, Producer};
+        const MAX: usize = 40;
+        let (_mock, cfg) = mock_world();
         let (usage, email) = (
             cfg.kafka.input_topics.product_usage.clone(),
             cfg.kafka.input_topics.email.clone(),
         );
         let producer: BaseProducer = client_config(&cfg).create().unwrap();
-        let t0 = 1_780_000_000_000i64;
-        let send = |topic: &str, ts: i64| {
-            let payload = ts.to_string();
-            producer
-                .send(BaseRecord::to(topic).key("acct").payload(&payload).timestamp(t0 + ts))
-                .unwrap();
-        };
+        let send = |topic: &str, ts: i64| send_at(&producer, topic, ts);
         // Usage at even milliseconds 0..200, email at odd ones 1..799.
         for i in 0..100 {
             send(&usage, 2 * i);
@@ -1291,9 +1309,7 @@ mod tests {
             assert!(Instant::now() < deadline, "only {} of 520 records came out: {out:?}", out.len());
             batch.clear();
             src.poll(MAX, Duration::from_millis(50), &mut batch).unwrap();
-            out.extend(batch.records.iter().map(|r| {
-                std::str::from_utf8(batch.bytes(r)).unwrap().parse::<i64>().unwrap()
-            }));
+            out.extend(numbers(&batch));
             if !late_sent && src.full.contains(&u) {
                 // While usage is paused: twenty more usage records, 200..238 ms, behind most
                 // of the email already fetched.
@@ -1314,23 +1330,12 @@ mod tests {
     /// read when the partition comes back.
     #[test]
     fn a_topic_partition_paused_when_its_partition_was_revoked_is_read_when_it_comes_back() {
-        use rdkafka::mocking::MockCluster;
-        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-        let mock = MockCluster::new(1).unwrap();
-        let mut cfg = Config::defaults();
-        cfg.kafka.brokers = mock.bootstrap_servers();
-        cfg.engine.partitions = 1;
-        for t in cfg.kafka.input_topics.all() {
-            mock.create_topic(t, 1, 1).unwrap();
-        }
-        mock.create_topic(&cfg.kafka.changelog_topic, 1, 1).unwrap();
+        use rdkafka::producer::{BaseProducer, Producer};
+        let (_mock, cfg) = mock_world();
         let usage = cfg.kafka.input_topics.product_usage.clone();
         let producer: BaseProducer = client_config(&cfg).create().unwrap();
-        for i in 0..50i64 {
-            let payload = i.to_string();
-            producer
-                .send(BaseRecord::to(&usage).key("acct").payload(&payload).timestamp(1_780_000_000_000 + i))
-                .unwrap();
+        for i in 0..50 {
+            send_at(&producer, &usage, i);
         }
         producer.flush(Duration::from_secs(10)).unwrap();
 
@@ -1356,9 +1361,7 @@ mod tests {
             assert!(Instant::now() < deadline, "only {} of 50 records came out: {out:?}", out.len());
             batch.clear();
             src.poll(40, Duration::from_millis(50), &mut batch).unwrap();
-            out.extend(batch.records.iter().map(|r| {
-                std::str::from_utf8(batch.bytes(r)).unwrap().parse::<i64>().unwrap()
-            }));
+            out.extend(numbers(&batch));
         }
         assert_eq!(out, (0..50).collect::<Vec<i64>>());
     }
@@ -1369,17 +1372,9 @@ mod tests {
     /// merge waits for them.
     #[test]
     fn a_topic_the_fetcher_has_not_been_back_to_is_asked_of_the_broker() {
-        use rdkafka::mocking::MockCluster;
-        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-        let mock = MockCluster::new(1).unwrap();
-        let mut cfg = Config::defaults();
-        cfg.kafka.brokers = mock.bootstrap_servers();
-        cfg.engine.partitions = 1;
+        use rdkafka::producer::{BaseProducer, Producer};
+        let (_mock, mut cfg) = mock_world();
         cfg.kafka.merge_wait_ms = 30_000;
-        for t in cfg.kafka.input_topics.all() {
-            mock.create_topic(t, 1, 1).unwrap();
-        }
-        mock.create_topic(&cfg.kafka.changelog_topic, 1, 1).unwrap();
         let (usage, email) = (
             cfg.kafka.input_topics.product_usage.clone(),
             cfg.kafka.input_topics.email.clone(),
@@ -1403,13 +1398,7 @@ mod tests {
         tpl.add_partition(&usage, 0);
         src.consumer.pause(&tpl).unwrap();
         let producer: BaseProducer = client_config(&cfg).create().unwrap();
-        let t0 = 1_780_000_000_000i64;
-        let send = |topic: &str, ts: i64| {
-            let payload = ts.to_string();
-            producer
-                .send(BaseRecord::to(topic).key("acct").payload(&payload).timestamp(t0 + ts))
-                .unwrap();
-        };
+        let send = |topic: &str, ts: i64| send_at(&producer, topic, ts);
         for i in 0..20 {
             send(&usage, i);
         }
@@ -1419,11 +1408,7 @@ mod tests {
         producer.flush(Duration::from_secs(10)).unwrap();
 
         let mut out: Vec<i64> = Vec::new();
-        let take = |batch: &InputBatch, out: &mut Vec<i64>| {
-            out.extend(batch.records.iter().map(|r| {
-                std::str::from_utf8(batch.bytes(r)).unwrap().parse::<i64>().unwrap()
-            }));
-        };
+        let take = |batch: &InputBatch, out: &mut Vec<i64>| out.extend(numbers(batch));
         // Well past the grace, with the email records fetched: nothing may come out yet.
         let until = Instant::now() + src.unheard_grace * 3 + Duration::from_millis(500);
         while Instant::now() < until {
