@@ -17,12 +17,14 @@
 //! - [`generate`]: synthetic portfolios for the demo, the tests and the benchmarks.
 //! - [`topics`]: Kafka topic checks (co-partitioning) and creation.
 //! - [`bench`]: `rapport bench kafka` — raw consume vs rapport on the same topics, and latency.
+//! - [`memory`]: how the process takes memory from the kernel (huge pages, glibc's heap).
 //! - [`app`]: the commands (`run`, `demo`, `inspect`, `replay`, …) wired from the parts above.
 
 pub mod codec;
 pub mod config;
 pub mod domain;
 pub mod generate;
+pub mod memory;
 
 /// Protobuf messages generated from `proto/rapport/v1/*.proto`.
 pub mod pb {

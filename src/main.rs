@@ -366,23 +366,9 @@ fn run_args(a: &RunArgs) -> Result<Config> {
     Ok(cfg)
 }
 
-/// Transparent huge pages off for this process, unless `MIMALLOC_ALLOW_THP` is set (mimalloc
-/// then does what it says). With THP every first touch of an allocator region zeroes 2 MiB: a
-/// quarter of the batch loop's time in a profile of Kafka mode at 1,000,000 accounts; turning
-/// THP off made embedded runs 6–7% faster (BENCHMARKS.md). The setting is inherited by child
-/// processes.
-fn disable_transparent_huge_pages() {
-    #[cfg(target_os = "linux")]
-    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
-        // SAFETY: PR_SET_THP_DISABLE takes integers only and changes no memory of ours.
-        unsafe {
-            libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
-        }
-    }
-}
-
 fn main() -> ExitCode {
-    disable_transparent_huge_pages();
+    // Before any thread: huge pages off, glibc's heap kept (see `rapport::memory`).
+    rapport::memory::tune();
     let cli = Cli::parse();
     match real_main(cli) {
         Ok(code) => code,
