@@ -637,6 +637,11 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
                 *h.status.lock().unwrap() = serde_json::to_value(status).unwrap_or_default();
             }
         }
+        {
+            let mut e = engine.lock().unwrap();
+            let Engine { pipeline, sink } = &mut *e;
+            unstick_producer(&cfg, pipeline, sink, !group.is_empty())?;
+        }
         let now = wall_now_ms();
         // Idle: fire wall-clock timers of caught-up partitions about once a second.
         let idle_tick = batch.records.is_empty()
@@ -684,6 +689,22 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
     {
         let mut e = engine.lock().unwrap();
         let Engine { pipeline, sink } = &mut *e;
+        // What is in flight first, with a stuck producer replaced as in the loop; then the
+        // changelog records the last acknowledgements let through.
+        let waiting = Instant::now();
+        let mut warned = false;
+        loop {
+            pipeline.settle(sink)?;
+            if sink.in_flight() == 0 {
+                break;
+            }
+            unstick_producer(&cfg, pipeline, sink, true)?;
+            if !warned && waiting.elapsed() > Duration::from_secs(10) {
+                tracing::warn!(pending = sink.in_flight(), "Waiting for Kafka to acknowledge outputs before stopping.");
+                warned = true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         pipeline.finish(sink)?;
         summary.totals = pipeline.counters().clone();
     }
@@ -702,6 +723,42 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
 
 /// How long every check or restore of the changelog reader fails before a new reader is made.
 const READER_RECREATE_AFTER: Duration = Duration::from_secs(30);
+
+/// How long records stay in flight with no acknowledgement, while the input side reaches the
+/// cluster, before a new producer is made (see [`unstick_producer`]).
+const PRODUCER_RECREATE_AFTER: Duration = Duration::from_secs(20);
+
+/// Replaces a producer that has had records in flight and no delivery report for
+/// [`PRODUCER_RECREATE_AFTER`] while the input reader reaches a broker and every input
+/// partition has a leader: the cluster answers, the producer does not. librdkafka can leave a
+/// producer so after a broker was fenced and came back (see `KafkaSink::restart_producer`).
+/// What the old producer had in flight is sent again from the outbox (at-least-once, same ids).
+/// `group_ok`: the input reader holds partitions (the input side is known to work).
+fn unstick_producer(
+    cfg: &Config,
+    pipeline: &mut Pipeline,
+    sink: &mut crate::sink::kafka::KafkaSink,
+    group_ok: bool,
+) -> Result<()> {
+    use crate::telemetry::kafka_stats::{brokers_reachable, leaderless_inputs};
+    if sink.stalled_for() < PRODUCER_RECREATE_AFTER
+        || !group_ok
+        || !brokers_reachable()
+        || !leaderless_inputs().is_empty()
+    {
+        return Ok(());
+    }
+    let pending = sink.in_flight();
+    let again = sink.restart_producer(cfg)?;
+    let sent = pipeline.resend(sink, &again)?;
+    tracing::warn!(
+        seconds = PRODUCER_RECREATE_AFTER.as_secs(),
+        pending,
+        resent = sent,
+        "No output or changelog record was acknowledged for this long while the input side reached the cluster; started a new producer and sent the unacknowledged records again."
+    );
+    Ok(())
+}
 
 /// A check or restore could not reach the broker: said at most every 10 s.
 fn broker_trouble(last: &mut Instant, p: u16, e: &dyn std::fmt::Display) {

@@ -770,6 +770,28 @@ impl Pipeline {
         Ok(n)
     }
 
+    /// Sends these outbox rows again, in the order given: rows a replaced sink had sent and not
+    /// had acknowledged (see [`KafkaSink::restart_producer`](crate::sink::kafka::KafkaSink::restart_producer)).
+    /// They were allowed to go once, so they skip the gate. A row no longer in the outbox was
+    /// confirmed meanwhile and is skipped. Returns the number sent.
+    pub fn resend(&mut self, sink: &mut dyn Sink, seqs: &[u64]) -> Result<usize, PipelineError> {
+        let mut sent = 0;
+        for &seq in seqs {
+            let Some(v) = self.store.get(Cf::Outbox, &outbox_key(seq))? else {
+                continue;
+            };
+            let Ok(rec) = OutboxRecord::decode(v.as_slice()) else {
+                continue;
+            };
+            if let Err(e) = sink.send(seq, &rec) {
+                self.poisoned = true;
+                return Err(e.into());
+            }
+            sent += 1;
+        }
+        Ok(sent)
+    }
+
     /// Hands the changelog records that may go now to the sink, and moves `confirmed` up to the
     /// first row not yet delivered. A changelog record may go once every output (and dead
     /// letter) committed before it is delivered, and only if its partition is not held. Records

@@ -92,6 +92,8 @@ pub struct KafkaSink {
     next_output_seq: u64,
     /// Set once the broker refused a record for good: every later call fails with it.
     refused: Option<String>,
+    /// When a delivery report was last served, or a record sent with nothing in flight.
+    last_progress: Instant,
 }
 
 /// The producer's librdkafka settings: the shared client ones, rapport's own, then the user's
@@ -141,6 +143,7 @@ impl KafkaSink {
             next_seq: 0,
             next_output_seq: 0,
             refused: None,
+            last_progress: Instant::now(),
         })
     }
 
@@ -229,9 +232,11 @@ impl KafkaSink {
         loop {
             let before = self.deliveries.lock().unwrap().served;
             self.producer.poll(Duration::ZERO);
-            if self.deliveries.lock().unwrap().served == before
-                || start.elapsed() >= MAX_SETTLE
-            {
+            if self.deliveries.lock().unwrap().served == before {
+                break;
+            }
+            self.last_progress = Instant::now();
+            if start.elapsed() >= MAX_SETTLE {
                 break;
             }
         }
@@ -253,6 +258,39 @@ impl KafkaSink {
             return Err(SinkError::Other(why));
         }
         Ok(self.in_flight.first().unwrap_or(self.next_seq))
+    }
+
+    /// Replaces the producer with a new one made from `cfg`, and returns the sequence numbers
+    /// the old one had not had acknowledged, in order: they are to be sent again (the outbox
+    /// still holds them). The old producer is dropped with its queue; its reports go nowhere.
+    ///
+    /// For a producer that librdkafka leaves stuck: after a broker is fenced and comes back, a
+    /// leader of -1 learned from a produce response can leave a partition with no leader
+    /// however often the metadata is refreshed (librdkafka 2.12, upstream issue 5430), and its
+    /// records wait for good. A new client asks for the metadata afresh.
+    pub fn restart_producer(&mut self, cfg: &Config) -> Result<Vec<u64>, SinkError> {
+        let fresh = KafkaSink::new(cfg)?;
+        let mut resend = Vec::with_capacity(self.in_flight.len());
+        while let Some(seq) = self.in_flight.first() {
+            self.in_flight.remove(seq);
+            self.outputs_in_flight.remove(seq);
+            resend.push(seq);
+        }
+        // The old producer and its reports go; the sequence bookkeeping stays.
+        drop(std::mem::replace(&mut self.producer, fresh.producer));
+        self.deliveries = fresh.deliveries;
+        self.last_progress = Instant::now();
+        Ok(resend)
+    }
+
+    /// How long records have been in flight with no delivery report served: zero when none is
+    /// in flight.
+    pub fn stalled_for(&self) -> Duration {
+        if self.in_flight.is_empty() {
+            Duration::ZERO
+        } else {
+            self.last_progress.elapsed()
+        }
     }
 
     /// Records handed to the producer and not yet acknowledged.
@@ -292,6 +330,9 @@ where
 impl Sink for KafkaSink {
     fn send(&mut self, seq: u64, rec: &OutboxRecord) -> Result<(), SinkError> {
         self.produce(seq, rec)?;
+        if self.in_flight.is_empty() {
+            self.last_progress = Instant::now();
+        }
         self.in_flight.insert(seq);
         self.next_seq = self.next_seq.max(seq + 1);
         if rec.kind != OutputKind::Changelog as u32 {
@@ -346,6 +387,66 @@ mod tests {
         (0..n)
             .map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(5)).map_or(0, |(_, h)| h))
             .sum()
+    }
+
+    fn score(seq: u64) -> OutboxRecord {
+        OutboxRecord {
+            kind: OutputKind::HealthScore as u32,
+            key: format!("acct-{seq}"),
+            payload: b"{}".to_vec(),
+            headers: Default::default(),
+            partition: 0,
+        }
+    }
+
+    /// Calls `confirmed(false)` until nothing is in flight.
+    fn settle_all(sink: &mut KafkaSink) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sink.in_flight() > 0 {
+            assert!(Instant::now() < deadline, "{} records never confirmed", sink.in_flight());
+            sink.confirmed(false).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_replaced_producer_hands_back_what_it_had_in_flight_and_the_new_one_delivers_it() {
+        let mock = MockCluster::new(1).unwrap();
+        let mut cfg = Config::defaults();
+        cfg.kafka.brokers = mock.bootstrap_servers();
+        let topic = cfg.kafka.output_topics.health_scores.clone();
+        mock.create_topic(&topic, 2, 1).unwrap();
+        let mut sink = KafkaSink::new(&cfg).unwrap();
+        for seq in 0..10 {
+            sink.send(seq, &score(seq)).unwrap();
+        }
+        settle_all(&mut sink);
+        assert_eq!(sink.stalled_for(), Duration::ZERO, "nothing in flight is no stall");
+
+        // The broker stops answering: what is sent now stays in flight, and the stall shows.
+        mock.broker_down(1).unwrap();
+        for seq in 10..30 {
+            sink.send(seq, &score(seq)).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sink.stalled_for() < Duration::from_millis(300) {
+            assert!(Instant::now() < deadline, "the stall never showed");
+            assert_eq!(sink.confirmed(false).unwrap(), 10, "records confirmed by a broker that is down");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+
+        let again = sink.restart_producer(&cfg).unwrap();
+        assert_eq!(again, (10..30).collect::<Vec<u64>>(), "what the old producer had in flight");
+        assert_eq!(sink.in_flight(), 0);
+        mock.broker_up(1).unwrap();
+        for &seq in &again {
+            sink.send(seq, &score(seq)).unwrap();
+        }
+        settle_all(&mut sink);
+        assert_eq!(sink.confirmed(false).unwrap(), 30, "every record confirmed by the new producer");
+        let watcher: BaseConsumer = client_config(&cfg).create().unwrap();
+        let held = stored(&watcher, &topic, 2);
+        assert!(held >= 30, "the broker holds {held} of the 30 records");
     }
 
     #[test]
