@@ -772,8 +772,10 @@ impl Pipeline {
 
     /// Sends these outbox rows again, in the order given: rows a replaced sink had sent and not
     /// had acknowledged (see [`KafkaSink::restart_producer`](crate::sink::kafka::KafkaSink::restart_producer)).
-    /// They were allowed to go once, so they skip the gate. A row no longer in the outbox was
-    /// confirmed meanwhile and is skipped. Returns the number sent.
+    /// They were let through once, so they skip the gate, except the changelog records of a
+    /// partition held since: those go back into the gate, in sequence order, and wait there
+    /// like the partition's other records. A row no longer in the outbox was confirmed
+    /// meanwhile and is skipped. Returns the number sent.
     pub fn resend(&mut self, sink: &mut dyn Sink, seqs: &[u64]) -> Result<usize, PipelineError> {
         let mut sent = 0;
         for &seq in seqs {
@@ -783,6 +785,11 @@ impl Pipeline {
             let Ok(rec) = OutboxRecord::decode(v.as_slice()) else {
                 continue;
             };
+            if rec.kind == OutputKind::Changelog as u32 && self.held.contains(&(rec.partition as u16)) {
+                let at = self.gate.partition_point(|(s, _)| *s < seq);
+                self.gate.insert(at, (seq, rec));
+                continue;
+            }
             if let Err(e) = sink.send(seq, &rec) {
                 self.poisoned = true;
                 return Err(e.into());

@@ -466,3 +466,61 @@ fn a_large_batch_splits_its_dedup_marks_into_chunks_a_restore_takes_back_whole()
     pipe.end_restore(0).unwrap();
     assert_eq!(dump_partition(&restored, 0), dump_partition(&store, 0), "states, timers, dedup marks and positions");
 }
+
+/// A replaced producer's unacknowledged rows are sent again from the outbox
+/// (`Pipeline::resend`): outputs and the changelog records of open partitions go straight to the
+/// new sink, in order; a partition held since keeps its changelog records back in the gate, in
+/// sequence order before its later ones, until it is opened again.
+#[test]
+fn rows_sent_again_after_a_producer_is_replaced_keep_a_held_partition_back() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let mut p = Pipeline::open(config(), store).unwrap();
+    p.enable_changelog(changelog()).unwrap();
+    for q in 0..PARTITIONS {
+        p.open_changelog(q);
+    }
+    let sources: Vec<String> = (0..PARTITIONS).map(source_key).collect();
+    let recs = with_offsets();
+    let mut old = GateSink::default();
+    // Batch 1: its outputs delivered, so its changelog records go out; none acknowledged.
+    p.process(&batch_of(&recs[..400]), &sources, None, &mut old).unwrap();
+    old.in_flight.clear();
+    old.outputs_in_flight.clear();
+    p.settle(&mut old).unwrap();
+    // Batch 2: its outputs sent, not acknowledged; its changelog records wait in the gate.
+    p.process(&batch_of(&recs[400..800]), &sources, None, &mut old).unwrap();
+    let gated_before = p.changelog_pending();
+    assert!(gated_before > 0, "batch 2's changelog records wait for its outputs");
+    let unacked: Vec<u64> = old.in_flight.iter().copied().collect();
+    let row = |seq: u64| old.sent.iter().rev().find(|(s, _)| *s == seq).map(|(_, r)| r.clone()).unwrap();
+    let is_held_changelog =
+        |r: &OutboxRecord| r.kind == OutputKind::Changelog as u32 && r.partition == 0;
+    let held_rows = unacked.iter().filter(|s| is_held_changelog(&row(**s))).count();
+    assert!(held_rows > 0, "partition 0 had changelog records in flight");
+
+    p.hold_changelog(0);
+    let mut fresh = GateSink::default();
+    let sent = p.resend(&mut fresh, &unacked).unwrap();
+    let want: Vec<(u64, OutboxRecord)> = unacked
+        .iter()
+        .map(|&s| (s, row(s)))
+        .filter(|(_, r)| !is_held_changelog(r))
+        .collect();
+    assert_eq!(sent, want.len());
+    assert_eq!(fresh.sent, want, "the rows sent again, in order, as they were sent the first time");
+    assert_eq!(p.changelog_pending(), gated_before + held_rows, "the held partition's rows are back in the gate");
+
+    // Opened again, the partition's rows go out in sequence order, the older ones first.
+    p.open_changelog(0);
+    p.finish(&mut fresh).unwrap();
+    let p0: Vec<u64> = fresh
+        .sent
+        .iter()
+        .filter(|(_, r)| is_held_changelog(r))
+        .map(|(s, _)| *s)
+        .collect();
+    assert!(p0.len() >= held_rows, "partition 0's rows published once it opened");
+    assert!(p0.windows(2).all(|w| w[0] < w[1]), "partition 0's rows out of order: {p0:?}");
+    assert!(fresh.violations.is_empty(), "{:?}", fresh.violations);
+    assert_eq!(p.changelog_pending(), 0);
+}
