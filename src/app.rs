@@ -637,11 +637,6 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
                 *h.status.lock().unwrap() = serde_json::to_value(status).unwrap_or_default();
             }
         }
-        {
-            let mut e = engine.lock().unwrap();
-            let Engine { pipeline, sink } = &mut *e;
-            unstick_producer(&cfg, pipeline, sink, !group.is_empty())?;
-        }
         let now = wall_now_ms();
         // Idle: fire wall-clock timers of caught-up partitions about once a second.
         let idle_tick = batch.records.is_empty()
@@ -650,6 +645,7 @@ pub fn run_kafka(cfg: Arc<Config>, opts: &RunOptions) -> Result<RunSummary> {
             && last_idle_commit.elapsed() >= Duration::from_secs(1);
         let mut e = engine.lock().unwrap();
         let Engine { pipeline, sink } = &mut *e;
+        unstick_producer(&cfg, pipeline, sink, !group.is_empty())?;
         if batch.records.is_empty() && !idle_tick {
             pipeline.settle(sink)?;
             // Deliveries confirmed while idle: the gauges show them now, not at the next batch.

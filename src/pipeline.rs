@@ -790,13 +790,19 @@ impl Pipeline {
                 self.gate.insert(at, (seq, rec));
                 continue;
             }
-            if let Err(e) = sink.send(seq, &rec) {
-                self.poisoned = true;
-                return Err(e.into());
-            }
+            self.send_or_poison(sink, seq, &rec)?;
             sent += 1;
         }
         Ok(sent)
+    }
+
+    /// Hands one row to the sink; a sink that fails poisons the pipeline (what it had taken is
+    /// unknown, so only a restart from the outbox is safe).
+    fn send_or_poison(&mut self, sink: &mut dyn Sink, seq: u64, rec: &OutboxRecord) -> Result<(), PipelineError> {
+        sink.send(seq, rec).map_err(|e| {
+            self.poisoned = true;
+            e.into()
+        })
     }
 
     /// Hands the changelog records that may go now to the sink, and moves `confirmed` up to the
@@ -1343,10 +1349,7 @@ impl Pipeline {
             if rec.kind == OutputKind::Changelog as u32 {
                 self.gate.push_back((seq, rec));
             } else {
-                if let Err(e) = sink.send(seq, &rec) {
-                    self.poisoned = true;
-                    return Err(e.into());
-                }
+                self.send_or_poison(sink, seq, &rec)?;
                 self.last_sent = Some(seq);
                 self.last_output = Some(seq);
             }

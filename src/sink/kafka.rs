@@ -270,10 +270,11 @@ impl KafkaSink {
     /// records wait for good. A new client asks for the metadata afresh.
     pub fn restart_producer(&mut self, cfg: &Config) -> Result<Vec<u64>, SinkError> {
         let fresh = KafkaSink::new(cfg)?;
-        let mut resend = Vec::with_capacity(self.in_flight.len());
-        while let Some(seq) = self.in_flight.first() {
-            self.in_flight.remove(seq);
-            self.outputs_in_flight.remove(seq);
+        let mut old = std::mem::take(&mut self.in_flight);
+        self.outputs_in_flight = SeqSet::default();
+        let mut resend = Vec::with_capacity(old.len());
+        while let Some(seq) = old.first() {
+            old.remove(seq);
             resend.push(seq);
         }
         // The old producer and its reports go; the sequence bookkeeping stays.
